@@ -1,0 +1,84 @@
+"""Input validation shared by cells, the scan engine and layers.
+
+Every check raises a ``ValueError`` or ``TypeError`` that names the argument
+and what was expected, before any tracing happens, so that bad input never
+surfaces as a deep XLA error or, worse, a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+
+def check_key(key, argname: str = "key") -> None:
+  """Raises TypeError unless ``key`` is a JAX PRNG key (typed or legacy uint32[2])."""
+  if isinstance(key, jax.Array) or isinstance(key, np.ndarray):
+    dtype = key.dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      return
+    if dtype == np.uint32 and key.shape[-1:] == (2,):
+      return
+  raise TypeError(
+      f"{argname} must be a JAX PRNG key (from jax.random.key or "
+      f"jax.random.PRNGKey), got {type(key).__name__}"
+      + (f" with dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else "")
+      + ".")
+
+
+def check_positive_int(value, argname: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{argname} must be a positive int, got {type(value).__name__}: {value!r}.")
+  if value <= 0:
+    raise ValueError(f"{argname} must be a positive int, got {value}.")
+  return int(value)
+
+
+def check_carry(carry, template, argname: str = "carry") -> None:
+  """Checks that ``carry`` has the structure, shapes and dtypes of ``template``."""
+  try:
+    s1 = jax.tree_util.tree_structure(carry)
+  except Exception as e:  # pragma: no cover - defensive
+    raise TypeError(f"{argname} is not a pytree: {e}") from None
+  s2 = jax.tree_util.tree_structure(template)
+  if s1 != s2:
+    raise TypeError(
+        f"{argname} has structure {s1}, expected {s2} (the structure of "
+        "cell.initial_carry(...)).")
+  for i, (a, b) in enumerate(zip(jax.tree_util.tree_leaves(carry),
+                                 jax.tree_util.tree_leaves(template))):
+    shape = jnp.shape(a)
+    if tuple(shape) != tuple(b.shape):
+      raise ValueError(
+          f"{argname} leaf {i} has shape {tuple(shape)}, expected {tuple(b.shape)} "
+          "(batch shape + state size).")
+    dt = jnp.result_type(a)
+    if not jnp.issubdtype(dt, jnp.floating):
+      raise TypeError(f"{argname} leaf {i} has dtype {dt}, expected a floating dtype.")
+
+
+def check_lengths(lengths, batch_shape, num_steps: int, argname: str = "lengths"):
+  """Validates ``lengths``: integer, shape ``batch_shape``, 0 <= lengths <= T.
+
+  The range is checked when ``lengths`` is concrete; under ``jit`` (a tracer)
+  only dtype and shape can be checked, and out-of-range values behave as if
+  clipped to [0, T].
+  """
+  if not hasattr(lengths, "dtype"):
+    lengths = np.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"{argname} must be an integer array, got dtype {lengths.dtype}.")
+  if tuple(lengths.shape) != tuple(batch_shape):
+    raise ValueError(
+        f"{argname} must have shape {tuple(batch_shape)} (the batch shape of xs), "
+        f"got {tuple(lengths.shape)}.")
+  if not isinstance(lengths, jax.core.Tracer):
+    arr = np.asarray(lengths)
+    if arr.size and arr.min() < 0:
+      raise ValueError(f"{argname} must be >= 0, got a minimum of {arr.min()}.")
+    if arr.size and arr.max() > num_steps:
+      raise ValueError(
+          f"{argname} must be <= the number of time steps T={num_steps}, "
+          f"got a maximum of {arr.max()}.")
+  return lengths

@@ -1,0 +1,299 @@
+"""Layers built from cells: stacks, bidirectional wrappers, a readout, a model.
+
+All layers are frozen dataclasses (static, hashable config) with
+``init(key, input_size) -> params`` and pure apply functions, like the cells.
+
+* :class:`Dense` -- the readout ``O_t = g(h_t V + b_o)`` (seed 004), g one of
+  identity, sigmoid, softmax (or any activation name / callable).
+* :class:`Stack` -- cells on top of each other. It is itself a cell (its step
+  runs every layer once, carry = tuple of the layers' carries), so it scans
+  and diagnoses like one; :meth:`Stack.apply` runs it layer by layer over the
+  whole sequence (faster, and where dropout between layers goes).
+* :class:`Bidirectional` -- a forward and a backward cell, outputs merged by
+  ``concat``, ``sum`` or ``mean``; the backward pass respects ``lengths``.
+* :class:`SequenceModel` -- recurrent layers + a :class:`Dense` readout,
+  returning the whole output sequence or the output at each sequence's last
+  valid step. Keras's ``SimpleRNN(64, relu) -> Dense(1, sigmoid)`` (seed 002)
+  is ``SequenceModel([SimpleRNN(64, "relu")], Dense(1, "sigmoid"))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax import _checks
+from rnnjax._activations import get_activation
+from rnnjax._initializers import get_initializer
+from rnnjax._scan import scan
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+  r"""Readout ``y = g(h V + b)``: ``[..., H] -> [..., out_size]``.
+
+  Params: ``w`` ``[H, out_size]``, ``b`` ``[out_size]``.
+  """
+
+  out_size: int
+  activation: Any = "identity"
+  kernel_init: Any = "glorot_uniform"
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _checks.check_positive_int(self.out_size, "out_size")
+    object.__setattr__(self, "activation", get_activation(self.activation))
+    object.__setattr__(self, "kernel_init", get_initializer(self.kernel_init, argname="kernel_init"))
+
+  def init(self, key, input_size: int):
+    _checks.check_key(key)
+    _checks.check_positive_int(input_size, "input_size")
+    return {"w": self.kernel_init(key, (input_size, self.out_size), self.param_dtype),
+            "b": jnp.zeros((self.out_size,), self.param_dtype)}
+
+  def logits(self, params, h):
+    """The pre-activation ``h V + b`` (for losses from logits)."""
+    if jnp.shape(h)[-1] != params["w"].shape[0]:
+      raise ValueError(f"h has feature size {jnp.shape(h)[-1]}, but the Dense params "
+                       f"expect {params['w'].shape[0]}.")
+    return h @ params["w"].astype(h.dtype) + params["b"].astype(h.dtype)
+
+  def __call__(self, params, h):
+    return self.activation(self.logits(params, h))
+
+
+def _layer_output_size(layer) -> int:
+  if isinstance(layer, Bidirectional):
+    return layer.output_size
+  if isinstance(layer, Stack):
+    return layer.cells[-1].output_size
+  return layer.output_size
+
+
+def _dropout(key, x, rate):
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+  """A stack of cells; layer l reads layer l-1's outputs.
+
+  Params: a tuple, one entry per cell. Carry: a tuple of the cells' carries.
+
+  Args:
+    cells: the cells, bottom first.
+    dropout: rate of inverted dropout applied to the outputs of every layer
+      but the last in :meth:`apply`, when a ``key`` is given (explicitly keyed:
+      no key, no dropout).
+  """
+
+  cells: tuple
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "cells", tuple(self.cells))
+    if not self.cells:
+      raise ValueError("cells must be a non-empty sequence of cells.")
+    if not 0.0 <= float(self.dropout) < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+  @property
+  def output_size(self):
+    return self.cells[-1].output_size
+
+  def init(self, key, input_size: int):
+    _checks.check_key(key)
+    keys = jax.random.split(key, len(self.cells))
+    params, size = [], input_size
+    for k, cell in zip(keys, self.cells):
+      params.append(cell.init(k, size))
+      size = cell.output_size
+    return tuple(params)
+
+  def initial_carry(self, batch_shape=(), dtype=None):
+    return tuple(c.initial_carry(batch_shape, dtype) for c in self.cells)
+
+  def check_input(self, params, x, argname="x"):
+    self.cells[0].check_input(params[0], x, argname)
+
+  def __call__(self, params, carry, x):
+    """One step of every layer: ``(carries, x) -> (carries, y_top)``."""
+    new = []
+    for cell, p, c in zip(self.cells, params, carry):
+      c, x = cell(p, c, x)
+      new.append(c)
+    return tuple(new), x
+
+  def apply(self, params, xs, carry=None, *, lengths=None, reverse=False, key=None,
+            time_major=False, input_projection="auto"):
+    """Runs the stack layer by layer over ``xs [*B, T, I]``; returns ``(carries, ys)``."""
+    if key is not None:
+      _checks.check_key(key)
+      keys = jax.random.split(key, len(self.cells))
+    carries = []
+    for l, (cell, p) in enumerate(zip(self.cells, params)):
+      c0 = None if carry is None else carry[l]
+      c, xs = scan(cell, p, xs, c0, lengths=lengths, reverse=reverse,
+                   time_major=time_major, input_projection=input_projection)
+      carries.append(c)
+      if key is not None and self.dropout > 0 and l < len(self.cells) - 1:
+        xs = _dropout(keys[l], xs, self.dropout)
+    return tuple(carries), xs
+
+
+_MERGES = ("concat", "sum", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bidirectional:
+  """Runs ``forward`` left to right and ``backward`` right to left, then merges.
+
+  With ``lengths`` the backward cell reads each sequence from its own last
+  valid step (padding is never read first). Params ``{"forward", "backward"}``;
+  carry ``(forward_carry, backward_carry)``.
+
+  Args:
+    forward: a cell.
+    backward: a cell (default: a copy of ``forward``'s config).
+    merge: ``"concat"`` (``[..., O_f + O_b]``), ``"sum"`` or ``"mean"``.
+  """
+
+  forward: Any
+  backward: Any = None
+  merge: str = "concat"
+
+  def __post_init__(self):
+    if self.backward is None:
+      object.__setattr__(self, "backward", self.forward)
+    if self.merge not in _MERGES:
+      raise ValueError(f"merge must be one of {_MERGES}, got {self.merge!r}.")
+    if self.merge != "concat" and self.forward.output_size != self.backward.output_size:
+      raise ValueError(f"merge={self.merge!r} needs equal output sizes, got "
+                       f"{self.forward.output_size} and {self.backward.output_size}.")
+
+  @property
+  def output_size(self):
+    if self.merge == "concat":
+      return self.forward.output_size + self.backward.output_size
+    return self.forward.output_size
+
+  def init(self, key, input_size: int):
+    _checks.check_key(key)
+    kf, kb = jax.random.split(key)
+    return {"forward": self.forward.init(kf, input_size),
+            "backward": self.backward.init(kb, input_size)}
+
+  def initial_carry(self, batch_shape=(), dtype=None):
+    return (self.forward.initial_carry(batch_shape, dtype),
+            self.backward.initial_carry(batch_shape, dtype))
+
+  def apply(self, params, xs, carry=None, *, lengths=None, time_major=False,
+            input_projection="auto", key=None):
+    """``xs [*B, T, I] -> ((carry_f, carry_b), ys [*B, T, O])``."""
+    del key
+    cf, cb = (None, None) if carry is None else carry
+    cf, yf = scan(self.forward, params["forward"], xs, cf, lengths=lengths,
+                  time_major=time_major, input_projection=input_projection)
+    cb, yb = scan(self.backward, params["backward"], xs, cb, lengths=lengths,
+                  reverse=True, time_major=time_major, input_projection=input_projection)
+    if self.merge == "concat":
+      ys = jnp.concatenate([yf, yb], axis=-1)
+    elif self.merge == "sum":
+      ys = yf + yb
+    else:
+      ys = 0.5 * (yf + yb)
+    return (cf, cb), ys
+
+
+def last_valid(ys, lengths=None):
+  """``ys [*B, T, O] -> [*B, O]``: the output at each sequence's last valid step.
+
+  Without ``lengths`` this is ``ys[..., -1, :]``. A sequence of length 0 gives
+  zeros.
+  """
+  if lengths is None:
+    return ys[..., -1, :]
+  idx = jnp.clip(lengths - 1, 0, ys.shape[-2] - 1)
+  out = jnp.take_along_axis(ys, idx[..., None, None].astype(jnp.int32), axis=-2)[..., 0, :]
+  return jnp.where((lengths > 0)[..., None], out, jnp.zeros_like(out))
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceModel:
+  """Recurrent layers followed by a :class:`Dense` readout.
+
+  Args:
+    layers: cells, :class:`Stack` or :class:`Bidirectional` layers, bottom first.
+    readout: a :class:`Dense` applied to the top layer's outputs (or None).
+    return_sequences: if False (default), return the readout at each sequence's
+      last valid step ``[*B, O]``; if True, at every step ``[*B, T, O]``.
+    dropout: inverted dropout between recurrent layers when a key is given.
+
+  Example (seed 002's Keras model)::
+
+    model = rj.SequenceModel([rj.SimpleRNN(64, "relu")], rj.Dense(1, "sigmoid"))
+    params = model.init(jax.random.key(0), input_size=8)
+    probs = model.apply(params, xs)           # [B, 1]
+  """
+
+  layers: tuple
+  readout: Optional[Dense] = None
+  return_sequences: bool = False
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "layers", tuple(self.layers))
+    if not self.layers:
+      raise ValueError("layers must be a non-empty sequence of cells or layers.")
+    if not 0.0 <= float(self.dropout) < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+  def init(self, key, input_size: int):
+    _checks.check_key(key)
+    _checks.check_positive_int(input_size, "input_size")
+    keys = jax.random.split(key, len(self.layers) + 1)
+    params, size = {"layers": []}, input_size
+    for k, layer in zip(keys, self.layers):
+      params["layers"].append(layer.init(k, size))
+      size = _layer_output_size(layer)
+    params["layers"] = tuple(params["layers"])
+    if self.readout is not None:
+      params["readout"] = self.readout.init(keys[-1], size)
+    return params
+
+  def features(self, params, xs, *, lengths=None, key=None, input_projection="auto"):
+    """The top recurrent layer's outputs ``[*B, T, H]`` (before the readout)."""
+    keys = (jax.random.split(key, 2 * len(self.layers)) if key is not None else None)
+    for l, (layer, p) in enumerate(zip(self.layers, params["layers"])):
+      lkey = None if keys is None else keys[2 * l]
+      if isinstance(layer, (Stack, Bidirectional)):
+        _, xs = layer.apply(p, xs, lengths=lengths, key=lkey,
+                            input_projection=input_projection)
+      else:
+        _, xs = scan(layer, p, xs, lengths=lengths, input_projection=input_projection)
+      if keys is not None and self.dropout > 0 and l < len(self.layers) - 1:
+        xs = _dropout(keys[2 * l + 1], xs, self.dropout)
+    return xs
+
+  def logits(self, params, xs, *, lengths=None, key=None, input_projection="auto"):
+    """Like :meth:`apply` but returns the readout's pre-activation."""
+    h = self.features(params, xs, lengths=lengths, key=key, input_projection=input_projection)
+    if not self.return_sequences:
+      h = last_valid(h, lengths)
+    if self.readout is None:
+      return h
+    return self.readout.logits(params["readout"], h)
+
+  def apply(self, params, xs, *, lengths=None, key=None, input_projection="auto"):
+    """``xs [*B, T, I]`` -> ``[*B, O]`` (or ``[*B, T, O]`` with return_sequences)."""
+    z = self.logits(params, xs, lengths=lengths, key=key, input_projection=input_projection)
+    if self.readout is None:
+      return z
+    return self.readout.activation(z)
+
+  __call__ = apply
