@@ -58,18 +58,21 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 def _value_key(fn: Callable) -> Any:
   """A hashable key that identifies a plain Python function by its value.
 
-  Two functions with the same bytecode, constants, defaults and closure
-  values get the same key, so ``lambda x: x * 2`` written twice does not
-  trigger a recompile. Other callables fall back to identity.
+  Two functions with the same bytecode, constants, defaults, closure values
+  and values of the globals they read get the same key, so
+  ``lambda x: x * 2`` written twice does not trigger a recompile. Other
+  callables (or unhashable captured values) fall back to identity.
   """
   code = getattr(fn, "__code__", None)
   if code is None:
     return ("id", id(fn), fn)
   try:
     closure = tuple(c.cell_contents for c in (fn.__closure__ or ()))
-    defaults = fn.__defaults__ or ()
+    defaults = (fn.__defaults__ or (), tuple(sorted((fn.__kwdefaults__ or {}).items())))
+    fn_globals = getattr(fn, "__globals__", {})
+    read_globals = tuple((n, fn_globals[n]) for n in code.co_names if n in fn_globals)
     key = ("code", code.co_code, code.co_consts, code.co_names,
-           code.co_varnames, defaults, closure)
+           code.co_varnames, defaults, closure, read_globals)
     hash(key)
     return key
   except (TypeError, ValueError):
@@ -91,10 +94,18 @@ class Activation:
   def __call__(self, x):
     return self.fn(x)
 
-  def _key(self):
+  def __post_init__(self):
+    # Frozen at construction: a function's value (closure, globals it reads)
+    # is captured when the config is built, so a jit cache entry made for it
+    # can never start to match a later, different function.
     if self.name in ACTIVATIONS and ACTIVATIONS[self.name] is self.fn:
-      return ("name", self.name)
-    return ("fn", _value_key(self.fn))
+      key = ("name", self.name)
+    else:
+      key = ("fn", _value_key(self.fn))
+    object.__setattr__(self, "_frozen_key", key)
+
+  def _key(self):
+    return self._frozen_key
 
   def __eq__(self, other):
     return isinstance(other, Activation) and self._key() == other._key()

@@ -135,6 +135,7 @@ class RNNCell:
   def __call__(self, params, carry, x):
     """One step: ``(carry, x [*batch, I]) -> (new_carry, y [*batch, output_size])``."""
     self.check_input(params, x)
+    _checks.check_step_carry(carry, jax.eval_shape(self.initial_carry))
     return self.recurrent_step(params, carry, self.input_projection(params, x))
 
 

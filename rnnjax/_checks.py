@@ -58,6 +58,30 @@ def check_carry(carry, template, argname: str = "carry") -> None:
       raise TypeError(f"{argname} leaf {i} has dtype {dt}, expected a floating dtype.")
 
 
+def check_step_carry(carry, template, argname: str = "carry") -> None:
+  """One step's carry: the leaf count, state size and dtype of ``template``.
+
+  Looser than :func:`check_carry` (batch dims may broadcast, a plain tuple
+  may stand for a NamedTuple), but it stops an array passed where an LSTM
+  expects ``(h, c)`` from being silently unpacked along its batch axis.
+  """
+  leaves = jax.tree_util.tree_leaves(carry)
+  t_leaves = jax.tree_util.tree_leaves(template)
+  if len(leaves) != len(t_leaves) or (
+      isinstance(template, tuple) != isinstance(carry, tuple)):
+    raise TypeError(
+        f"{argname} has structure {jax.tree_util.tree_structure(carry)}, expected "
+        f"{jax.tree_util.tree_structure(template)} (that of cell.initial_carry(...)).")
+  for i, (a, b) in enumerate(zip(leaves, t_leaves)):
+    if jnp.ndim(a) < 1 or jnp.shape(a)[-1] != b.shape[-1]:
+      raise ValueError(
+          f"{argname} leaf {i} has shape {tuple(jnp.shape(a))}, expected [*batch, "
+          f"{b.shape[-1]}] (batch shape + state size).")
+    if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
+      raise TypeError(f"{argname} leaf {i} has dtype {jnp.result_type(a)}, expected a "
+                      "floating dtype.")
+
+
 def check_lengths(lengths, batch_shape, num_steps: int, argname: str = "lengths"):
   """Validates ``lengths``: integer, shape ``batch_shape``, 0 <= lengths <= T.
 

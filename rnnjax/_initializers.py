@@ -36,7 +36,10 @@ from rnnjax._activations import _value_key
 
 
 def _orthogonal(key, shape, dtype):
-  return jax.nn.initializers.orthogonal()(key, shape, dtype)
+  # LAPACK's QR has no bf16/f16 kernel: draw in float32, then cast.
+  dtype = jnp.dtype(dtype)
+  compute = dtype if dtype in (jnp.float32, jnp.float64) else jnp.float32
+  return jax.nn.initializers.orthogonal()(key, shape, compute).astype(dtype)
 
 
 def _identity(key, shape, dtype):
@@ -85,10 +88,18 @@ class Initializer:
   def __call__(self, key, shape, dtype=jnp.float32):
     return self.fn(key, shape, dtype)
 
-  def _key(self):
+  def __post_init__(self):
+    # Frozen at construction: a function's value (closure, globals it reads)
+    # is captured when the config is built, so a jit cache entry made for it
+    # can never start to match a later, different function.
     if self.name in INITIALIZERS and INITIALIZERS[self.name] is self.fn:
-      return ("name", self.name)
-    return ("fn", _value_key(self.fn))
+      key = ("name", self.name)
+    else:
+      key = ("fn", _value_key(self.fn))
+    object.__setattr__(self, "_frozen_key", key)
+
+  def _key(self):
+    return self._frozen_key
 
   def __eq__(self, other):
     return isinstance(other, Initializer) and self._key() == other._key()

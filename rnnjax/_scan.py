@@ -18,6 +18,31 @@ recurrent matmul per step). ``input_projection`` picks where the first runs:
 * ``"auto"``: by the backend of the default device, as above.
 
 Both give the same values and gradients (tested).
+
+Implementation (``impl``):
+
+* ``"fused"`` (rnnjax/_fused.py): SimpleRNN/IRNN, LSTM and GRU
+  (``reset_after=True``). A custom VJP whose backward loop does per step only
+  the gate derivative and one ``[B, G*H] x [G*H, H]`` dot, emits the per-step
+  gate gradients, and computes ``dW_h``, ``dW_i``, ``db`` and ``dx`` as single
+  large matmuls after the loop; for sigmoid/tanh/relu/identity activations the
+  forward keeps the activated gates so that the backward needs no
+  recomputation. With ``input_projection="auto"`` it picks, on CPU, an
+  in-loop ``[x_t, h] @ [W_i; W_h]`` matmul (one dot per step, no hoisted
+  ``[T, B, G*H]`` array; for the GRU only while the per-step matmul is small,
+  ``_fused.choose_projection``), and on GPU/TPU the hoisted projection,
+  pre-split per gate. Measured in benchmarks/RESULTS.md.
+* ``"reference"``: a plain ``lax.scan`` of ``cell(params, carry, x)``
+  (``input_projection`` as above), differentiated by JAX. Any cell.
+* ``"auto"`` (default): ``"fused"`` when the cell is supported, else
+  ``"reference"``.
+
+The fused path is a ``jax.custom_vjp``: reverse mode (``grad``, ``vjp``,
+``jacrev``, grad of grad) works; forward mode (``jvp``, ``jacfwd``,
+``jacfwd(jacrev)`` Hessians) is not defined for it, so pass
+``impl="reference"`` for those.
+
+Both implementations give the same values and gradients (tests/test_fastpath.py).
 """
 
 from __future__ import annotations
@@ -30,8 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import _checks
+from rnnjax import _fused
 
 _PROJECTIONS = ("auto", "hoisted", "inloop")
+_IMPLS = ("auto", "fused", "reference")
 
 
 def default_input_projection(backend: Optional[str] = None) -> str:
@@ -44,6 +71,13 @@ def _tree_where(mask, new, old):
   return jax.tree_util.tree_map(
       lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - mask.ndim)), n, o),
       new, old)
+
+
+def _params_dtype(params):
+  """The promoted dtype of the floating leaves of ``params`` (None if there are none)."""
+  leaves = [l for l in jax.tree_util.tree_leaves(params)
+            if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.floating)]
+  return jnp.result_type(*leaves) if leaves else None
 
 
 def _split_sequence_shapes(cell, params, xs, time_major):
@@ -65,7 +99,7 @@ def _split_sequence_shapes(cell, params, xs, time_major):
 
 def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
          unroll: int = 1, time_major: bool = False,
-         input_projection: str = "auto"):
+         input_projection: str = "auto", impl: str = "auto"):
   """Runs ``cell`` over the time axis of ``xs``.
 
   Args:
@@ -85,18 +119,29 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
       ``xs`` (``ys[t]`` is the output after reading ``xs[t]``).
     unroll: passed to ``lax.scan``.
     time_major: whether the time axis is first.
-    input_projection: ``"auto"``, ``"hoisted"`` or ``"inloop"`` (see module doc).
+    input_projection: ``"auto"``, ``"hoisted"`` or ``"inloop"`` (see module
+      doc; both paths honour an explicit choice).
+    impl: ``"auto"``, ``"fused"`` or ``"reference"`` (see module doc;
+      forward-mode autodiff needs ``"reference"``).
 
   Returns:
     ``(final_carry, ys)``.
   """
+  if impl not in _IMPLS:
+    raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+  if impl == "fused" and not _fused.supports(cell):
+    raise ValueError(
+        f"impl='fused' does not support {type(cell).__name__} (supported: SimpleRNN, "
+        "IRNN, LSTM, GRU(reset_after=True)); use impl='auto' or 'reference'.")
   if input_projection not in _PROJECTIONS:
     raise ValueError(f"input_projection must be one of {_PROJECTIONS}, got {input_projection!r}.")
   if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
     raise ValueError(f"unroll must be a positive int, got {unroll!r}.")
   batch_shape, T = _split_sequence_shapes(cell, params, xs, time_major)
   if carry is None:
-    carry = cell.initial_carry(batch_shape)
+    # Zeros in the dtype of the params (not the cell's declared param_dtype),
+    # so float64 params run a float64 recurrence.
+    carry = cell.initial_carry(batch_shape, dtype=_params_dtype(params))
   else:
     _checks.check_carry(carry, jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
   if lengths is not None:
@@ -114,6 +159,20 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
   flat_carry = jax.tree_util.tree_map(
       lambda c: c.reshape(((bsize,) if nb else ()) + c.shape[-1:]), carry)
   flat_len = None if lengths is None else jnp.reshape(lengths, (bsize,) if nb else ())
+
+  use_fused = impl == "fused" or (impl == "auto" and _fused.supports(cell))
+  if use_fused:
+    if not nb:  # a single unbatched sequence: a batch of one
+      xs_tm = xs_tm[:, None]
+      flat_carry = jax.tree_util.tree_map(lambda c: c[None], flat_carry)
+      flat_len = None if flat_len is None else flat_len[None]
+    final, ys = _fused.fused_scan(
+        cell, params, xs_tm, flat_carry, flat_len, reverse=reverse, unroll=unroll,
+        projection=None if input_projection == "auto" else input_projection)
+    if not nb:
+      ys = ys[:, 0]
+      final = jax.tree_util.tree_map(lambda c: c[0], final)
+    return _restore_layout(final, ys, batch_shape, T, time_major)
 
   split = hasattr(cell, "input_projection") and hasattr(cell, "recurrent_step")
   mode = input_projection
@@ -148,7 +207,12 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
       return new_c, y
     final, ys = jax.lax.scan(body, flat_carry, (seq, ts), reverse=reverse, unroll=unroll)
 
-  # Back to the caller's layout.
+  return _restore_layout(final, ys, batch_shape, T, time_major)
+
+
+def _restore_layout(final, ys, batch_shape, T, time_major):
+  """Time-major flat-batch results back to the caller's layout."""
+  nb = len(batch_shape)
   if nb:
     if not time_major:
       ys = jnp.swapaxes(ys, 0, 1)

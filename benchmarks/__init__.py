@@ -1,0 +1,1 @@
+"""Benchmarks of rnnjax against peer RNN implementations (``python -m benchmarks.run``)."""

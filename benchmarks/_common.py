@@ -1,0 +1,74 @@
+"""Shapes, FLOP counts and timing helpers shared by the benchmark driver and workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+CELLS = ("simple", "lstm", "gru")
+GATES = {"simple": 1, "lstm": 4, "gru": 3}
+MODES = ("fwd", "fwdbwd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """One benchmark shape: batch B, sequence length T, input size I, hidden size H."""
+  name: str
+  B: int
+  T: int
+  I: int
+  H: int
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+
+PRESETS: Dict[str, Shape] = {
+    "small": Shape("small", 16, 256, 32, 64),
+    "medium": Shape("medium", 64, 128, 128, 256),
+    "large": Shape("large", 256, 64, 256, 512),
+    "long": Shape("long", 8, 2048, 16, 64),
+}
+# --quick: tiny shapes for the smoke test.
+QUICK_PRESETS: Dict[str, Shape] = {
+    "tiny": Shape("tiny", 4, 16, 8, 16),
+    "tiny_long": Shape("tiny_long", 2, 64, 4, 8),
+}
+
+
+def matmul_flops(cell: str, s: Shape, mode: str) -> float:
+  """Matmul FLOPs of one run (elementwise gate math not counted).
+
+  Forward: per step ``x W_i`` (2*B*I*G*H) and ``h W_h`` (2*B*H*G*H).
+  Forward+backward: 3x forward (each matmul has two gradient matmuls of the
+  same size: one for its input, one for its weight).
+  """
+  fwd = 2.0 * s.T * s.B * (s.I + s.H) * GATES[cell] * s.H
+  return fwd if mode == "fwd" else 3.0 * fwd
+
+
+def time_calls(fn: Callable[[], object], sync: Callable[[object], None], *,
+               warmup: int, repeats: int, target_s: float) -> List[float]:
+  """Wall-clock seconds of ``repeats`` synchronised calls after ``warmup`` calls.
+
+  The number of timed calls is ``repeats`` at most, at least 3, and fewer than
+  ``repeats`` when one call is long compared to ``target_s``.
+  """
+  for _ in range(warmup):
+    sync(fn())
+  t0 = time.perf_counter()
+  sync(fn())
+  first = time.perf_counter() - t0
+  n = max(3, min(repeats, int(target_s / max(first, 1e-9))))
+  times = [first]
+  for _ in range(n - 1):
+    t0 = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def summarize(times: List[float]) -> Dict[str, float]:
+  return {"median_s": statistics.median(times), "min_s": min(times), "n": len(times)}

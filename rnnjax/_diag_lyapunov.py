@@ -1,0 +1,124 @@
+"""Lyapunov exponents of the driven state map by QR re-orthonormalisation (Benettin).
+
+For the flattened state map ``s_t = F_t(s_{t-1})`` with Jacobians ``J_t``, start
+from a random ``Q_{-1}`` (``[D, k]``, orthonormal columns) and for every step
+``t``:
+
+.. math::  J_t Q_{t-1} = Q_t R_t, \\qquad \\operatorname{diag}(R_t) > 0,
+
+then ``lambda_j = (1/N) sum_{t=warmup}^{L-1} log R_t[j, j]`` with
+``N = L - warmup`` (natural log, per step). ``J_t Q`` is ``k`` JVPs of the
+step; no dense Jacobian is formed. For a time-invariant linear map
+``h_t = W h_{t-1}`` this converges to ``log|eig(W)|`` sorted descending (with
+error ``O(1/N)``).
+
+Reference: Benettin, Galgani, Giorgilli & Strelcyn, Meccanica 15 (1980).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax import _diag_core as core
+
+
+def forward_pass(step, s0, xs, length, noise, *, k, warmup, observe=None):
+  """One forward sweep: the states, the Lyapunov exponents and optional per-step stats.
+
+  Args:
+    step: the masked flat step ``F(s, x, t, length)``.
+    s0: the initial flat state ``[D]``.
+    xs: ``[T, I]``; length: scalar or None.
+    noise: ``[D, k]`` Gaussian start for ``Q_{-1}``.
+    observe: optional ``observe(s_prev, x, t) -> pytree`` recorded per step.
+
+  Returns:
+    ``(s_in [T, D], exponents [k] sorted descending, observed [T, ...] or None)``
+    where ``s_in[t] = s_{t-1}``.
+  """
+  T = xs.shape[0]
+  dtype = s0.dtype
+  q0, _ = jnp.linalg.qr(noise)
+  ts = jnp.arange(T)
+  end = T if length is None else jnp.minimum(length, T)
+
+  def body(c, inp):
+    s, q, acc = c
+    x, t = inp
+    f = lambda u: step(u, x, t, length)
+    s_new, jvp = jax.linearize(f, s)
+    z = jax.vmap(jvp, in_axes=1, out_axes=1)(q)       # J_t Q  [D, k]
+    obs = None if observe is None else observe(s, x, t)
+    s_new, z, obs = core.serialize(s_new, z, obs)
+    q_new, r = jnp.linalg.qr(z)
+    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
+    q_new = q_new * sign[None, :]
+    logr = core.safe_log(jnp.abs(jnp.diagonal(r)))
+    use = (t >= warmup) & (t < end)
+    acc = acc + jnp.where(use, logr, 0.0)
+    return (s_new, q_new, acc), (s, obs)
+  (_, _, acc), (s_in, obs) = jax.lax.scan(body, (s0, q0, jnp.zeros((k,), dtype)), (xs, ts))
+  n = end - warmup
+  lam = jnp.where(n > 0, acc / jnp.maximum(n, 1).astype(dtype), jnp.nan)
+  return s_in, -jnp.sort(-lam), obs
+
+
+@core.jit(static_argnames=("cell", "k", "warmup"))
+def _lyapunov_impl(cell, params, xs, carry, lengths, key, *, k, warmup):
+  template = jax.eval_shape(lambda: cell.initial_carry(()))
+  prep = core.Prepared(xs.shape[:-2], xs.shape[-2], carry, lengths, template,
+                       core.resolve_leaf(template, None))
+  step = core.make_flat_step(cell, params, template)
+
+  D = prep.leaf.size
+  dtype = core.state_dtype(carry)
+  noise = core.random_normal(key, (core.num_sequences(xs), D, k), dtype)
+
+  def seq(xs1, c0, length, noise1):
+    return forward_pass(step, core.flatten(c0), xs1, length, noise1, k=k, warmup=warmup)[1]
+  return core.per_sequence(seq, prep, xs, noise)
+
+
+def lyapunov_exponents(cell, params, xs, carry=None, *, k=None, warmup=0, lengths=None,
+                       key=None):
+  """The ``k`` largest Lyapunov exponents of the driven state map.
+
+  QR re-orthonormalisation (Benettin et al. 1980) of ``k`` tangent vectors
+  pushed through the step with ``jax.jvp`` (equations in the module doc of
+  :mod:`rnnjax._diag_lyapunov` / :mod:`rnnjax.diagnostics`). The state is the
+  full carry (all leaves flattened, ``D = sum S_j``): the map acts on all of
+  it. A negative largest exponent means perturbations of the state shrink
+  like ``exp(lambda_1 t)`` along the trajectory (vanishing gradients); a
+  positive one means they grow (exploding gradients, chaos).
+
+  Args:
+    cell, params, xs, carry: as :func:`rnnjax.diagnostics.step_jacobians`.
+    k: how many exponents (default: all ``D``; at most ``D``).
+    warmup: leading steps whose ``R_t`` are not averaged (the tangent basis
+      aligns with the dominant directions during them).
+    lengths: optional int ``[*B]``: sequence ``b`` averages steps
+      ``warmup <= t < L_b``; NaN if there are none.
+    key: PRNG key for the random initial basis (default key 0).
+
+  Returns:
+    ``[*B, k]`` exponents per step (natural log), sorted descending
+    (``[k]`` for unbatched ``xs``).
+  """
+  prep = core.prepare(cell, params, xs, carry, lengths, None)
+  D = prep.leaf.size
+  if k is None:
+    k = D
+  core.check_positive(k, "k")
+  if k > D:
+    raise ValueError(f"k must be <= the state size D={D}, got k={k}.")
+  if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+    raise ValueError(f"warmup must be a non-negative int, got {warmup!r}.")
+  if warmup >= prep.T:
+    raise ValueError(f"warmup={warmup} leaves no steps to average (T={prep.T}).")
+  key = core.check_key(key)
+  return _lyapunov_impl(cell, params, xs, prep.carry, prep.lengths, key, k=int(k),
+                        warmup=int(warmup))

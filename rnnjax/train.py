@@ -1,0 +1,68 @@
+"""Training: optax optimizers with clipping and penalties, losses, tasks, a loop.
+
+Train any rnnjax model (or any pure ``loss_fn(params, batch, key)``) with one
+call, with the remedies of seeds 002/003 for exploding and vanishing
+gradients as options, and watch the gradients live::
+
+  import jax, rnnjax as rj
+  from rnnjax import train
+
+  model = rj.SequenceModel([rj.LSTM(32)], rj.Dense(1))
+  params = model.init(jax.random.key(0), input_size=2)
+  result = train.fit(
+      model, params, lambda i: train.adding_problem(64, length=50, seed=(0, i)),
+      loss="mse", optimizer=train.optimizer("adam", 1e-2, clip_norm=1.0),
+      steps=1000, checkpoint_dir="ckpt", checkpoint_every=250, resume=True)
+  print(result.history[-1])   # {'step': 1000, 'loss': ..., 'grad_norm': ..., 'clipped': ..., 'skipped': 0}
+
+* Optimizers -- :func:`optimizer` builds an ``optax.GradientTransformation``:
+  sgd / nesterov / rmsprop / adagrad / adam / adamw, a learning rate or
+  schedule, ``clip_norm`` (global norm, before the optimizer), ``clip_value``,
+  ``adaptive_clip``, ``weight_clip`` (params projected into [-c, c] after each
+  update), ``l1`` / ``l2`` penalties (added to the gradient), and skipping of
+  non-finite steps. The stages are public transformations too:
+  :func:`clip_by_global_norm` (with the overflow-safe :func:`global_norm`),
+  :func:`weight_clip`, :func:`l1_penalty`, :func:`l2_penalty`.
+* Losses -- :func:`mse`, :func:`cross_entropy`, :func:`binary_cross_entropy`
+  (from logits), :func:`accuracy`, all masked by ``lengths``;
+  :func:`model_loss` turns a model and a loss name into a ``loss_fn``.
+* Tasks -- seeded generators returning a :class:`Batch`:
+  :func:`binary_addition`, :func:`adding_problem`, :func:`copy_task`,
+  :func:`sequence_classification` (baselines in their docstrings).
+* The loop -- :func:`fit` (jitted pure step :func:`make_train_step`, metric
+  history, evaluation, progress bar, JSON lines, orbax checkpoints with exact
+  resume, data parallelism over all devices); :func:`gradient_stats`.
+"""
+
+from rnnjax._gradstats import gradient_stats as gradient_stats
+from rnnjax._loop import FitResult as FitResult
+from rnnjax._loop import TrainState as TrainState
+from rnnjax._loop import fit as fit
+from rnnjax._loop import make_train_step as make_train_step
+from rnnjax._losses import LOSSES as LOSSES
+from rnnjax._losses import accuracy as accuracy
+from rnnjax._losses import binary_cross_entropy as binary_cross_entropy
+from rnnjax._losses import cross_entropy as cross_entropy
+from rnnjax._losses import model_loss as model_loss
+from rnnjax._losses import mse as mse
+from rnnjax._optim import OPTIMIZERS as OPTIMIZERS
+from rnnjax._optim import ClipByGlobalNormState as ClipByGlobalNormState
+from rnnjax._optim import clip_by_global_norm as clip_by_global_norm
+from rnnjax._optim import global_norm as global_norm
+from rnnjax._optim import l1_penalty as l1_penalty
+from rnnjax._optim import l2_penalty as l2_penalty
+from rnnjax._optim import optimizer as optimizer
+from rnnjax._optim import weight_clip as weight_clip
+from rnnjax._tasks import Batch as Batch
+from rnnjax._tasks import adding_problem as adding_problem
+from rnnjax._tasks import binary_addition as binary_addition
+from rnnjax._tasks import copy_task as copy_task
+from rnnjax._tasks import sequence_classification as sequence_classification
+
+__all__ = [
+    "Batch", "ClipByGlobalNormState", "FitResult", "LOSSES", "OPTIMIZERS", "TrainState",
+    "accuracy", "adding_problem", "binary_addition", "binary_cross_entropy",
+    "clip_by_global_norm", "copy_task", "cross_entropy", "fit", "global_norm", "gradient_stats",
+    "l1_penalty", "l2_penalty", "make_train_step", "model_loss", "mse", "optimizer",
+    "sequence_classification", "weight_clip",
+]

@@ -1,0 +1,67 @@
+"""Smoke test of the benchmark suite (``python -m benchmarks.run --quick``)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import _common
+from benchmarks import run as bench_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_matmul_flops_closed_form():
+  s = _common.PRESETS["small"]  # B=16, T=256, I=32, H=64
+  # LSTM forward: per step x W_i (2*16*32*256) + h W_h (2*16*64*256), 256 steps.
+  assert _common.matmul_flops("lstm", s, "fwd") == 256 * (2 * 16 * 32 * 256 + 2 * 16 * 64 * 256)
+  assert _common.matmul_flops("gru", s, "fwdbwd") == 3 * 256 * 2 * 16 * 96 * 192
+  assert _common.matmul_flops("simple", _common.PRESETS["long"], "fwd") == 2048 * 2 * 8 * 80 * 64
+  assert (_common.PRESETS["large"].B, _common.PRESETS["large"].T, _common.PRESETS["large"].I,
+          _common.PRESETS["large"].H) == (256, 64, 256, 512)
+
+
+def test_time_calls_counts_and_sync():
+  calls, synced = [], []
+  times = _common.time_calls(lambda: calls.append(1) or len(calls), synced.append, warmup=2,
+                             repeats=5, target_s=10.0)
+  assert len(times) == 5 and len(calls) == 7 and synced == list(range(1, 8))
+  assert _common.summarize([3.0, 1.0, 2.0]) == {"median_s": 2.0, "min_s": 1.0, "n": 3}
+
+
+def test_quick_run_end_to_end(tmp_path):
+  out = tmp_path / "res"
+  cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--cells", "lstm", "--presets", "tiny",
+         "--impls", "rnnjax,torch,equinox,cudnn", "--out", str(out)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data = json.loads((out / "results.json").read_text())
+  meta = data["meta"]
+  assert meta["backend"] == "cpu" and meta["device"]["platform"] == "cpu"
+  assert meta["versions"]["jax"] and meta["date"] and meta["roofline"]["gflops"] > 0
+  rows = {(r["impl"], r["mode"]): r for r in data["results"]}
+  shape = _common.QUICK_PRESETS["tiny"]
+  for mode in ("fwd", "fwdbwd"):
+    r = rows[("rnnjax", mode)]
+    assert r["n"] >= 3 and 0 < r["min_s"] <= r["median_s"]
+    assert r["compile_s"] > 0
+    # GFLOP/s is the closed-form FLOP count over the median time.
+    assert r["gflops"] == pytest.approx(_common.matmul_flops("lstm", shape, mode) / r["median_s"] / 1e9)
+    assert r["roofline_frac"] == pytest.approx(r["gflops"] / meta["roofline"]["gflops"])
+    t = rows[("torch", mode)]
+    assert t["median_s"] > 0 and t["compile_s"] is None
+    fastest = min(rows[(i, mode)]["median_s"] for i in ("rnnjax", "torch"))
+    assert r["x_fastest"] == pytest.approx(r["median_s"] / fastest)
+    assert "not installed" in rows[("equinox", mode)]["skip"] or rows[("equinox", mode)]["n"] >= 3
+    assert "GPU" in rows[("cudnn", mode)]["skip"]
+  table = (out / "results.md").read_text()
+  assert "rnnjax/torch" in table and "cudnn: cuDNN RNN needs a GPU" in table
+  assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_flags_are_reported():
+  with pytest.raises(SystemExit, match="--cells: unknown"):
+    bench_run.run(bench_run.build_parser().parse_args(["--cells", "lstm,rnn"]))
