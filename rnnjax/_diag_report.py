@@ -12,7 +12,9 @@ Summary statistics (computed on the host from the jitted measurements):
 * ``verdict``: ``"exploding"`` if the curve rises above ``log(1/fraction)``
   at some lag, else ``"vanishing"`` if it falls below ``log(fraction)`` within
   the sequence (a horizon exists), else ``"stable"``. The verdict is about the
-  window measured: run with the ``T`` you care about.
+  window measured: run with the ``T`` you care about. The thresholds apply to
+  the norm itself, which is 1 at lag 0 for ``ord=2`` (``sqrt(d)`` for the
+  Frobenius norm of ``method="hutchinson"``).
 """
 
 from __future__ import annotations

@@ -453,7 +453,9 @@ def _checkpoint_tree(state: TrainState):
 
 
 def _save(ckpt, state, history, n):
-  ckpt.save(n, _checkpoint_tree(state), {"history": history})
+  # Snapshot the history: the save may run in a background thread while the
+  # loop keeps appending to the live list.
+  ckpt.save(n, _checkpoint_tree(state), {"history": [dict(h) for h in history[:n]]})
 
 
 def _restore(ckpt, state, step):

@@ -513,6 +513,24 @@ def test_diagnose_equals_the_separate_functions():
   assert rep.largest_lyapunov == rep.lyapunov[0]
 
 
+def test_diagnose_stack_with_lengths():
+  stack = rj.Stack([rj.SimpleRNN(3), rj.LSTM(2)])
+  p = stack.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (2, 10, 2))
+  lengths = np.array([10, 6])
+  rep = rd.diagnose(stack, p, xs, lengths=lengths, k=2)
+  assert list(rep.saturation) == ["layer0.h", "layer1.i", "layer1.f", "layer1.g", "layer1.o",
+                                  "layer1.tanh_c"]
+  for b, L in enumerate(lengths):
+    assert rep.log_jacobian_norms[b, L - 1] == pytest.approx(0.0, abs=1e-6)   # ||I|| = 1
+    assert np.all(np.isnan(rep.log_jacobian_norms[b, L:]))
+    assert np.all(np.isfinite(rep.log_jacobian_norms[b, :L]))
+    # dL/dh_{L-1} of the default loss is all ones on the output leaf (the top h, 2 units)
+    assert rep.log_adjoint_norms[b, L - 1] == pytest.approx(np.log(np.sqrt(2)), abs=1e-6)
+  assert rep.lyapunov.shape == (2,) and np.all(np.isfinite(rep.lyapunov))
+  assert rep.memory_horizon is None or rep.memory_horizon < 10
+
+
 def test_report_summaries_on_linear_rnns(x64, tmp_path):
   rng = np.random.default_rng(5)
   Q = random_orthogonal(rng, 3)
