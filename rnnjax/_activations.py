@@ -24,7 +24,7 @@ name              definition
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Union
+from typing import Any, Callable, ClassVar, Union
 
 import jax
 import jax.numpy as jnp
@@ -80,25 +80,25 @@ def _value_key(fn: Callable) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Activation:
-  """An elementwise activation, hashable and comparable by value.
+class NamedFn:
+  """A named function, hashable and comparable by value (base of Activation, Initializer).
 
   Attributes:
-    name: the registered name (see the module docstring) or the callable's
-      ``__name__`` for a user function.
-    fn: the function ``jax.Array -> jax.Array``.
+    name: the registered name or the callable's ``__name__``.
+    fn: the function.
+
+  A function registered under ``name`` is keyed by that name; any other is
+  keyed by its value (bytecode, constants, defaults, closure and the globals it
+  reads), frozen at construction, so a jit cache entry made for it can never
+  start to match a later, different function.
   """
   name: str
-  fn: Callable[[jax.Array], jax.Array]
+  fn: Callable
 
-  def __call__(self, x):
-    return self.fn(x)
+  _registry: ClassVar[dict] = {}
 
   def __post_init__(self):
-    # Frozen at construction: a function's value (closure, globals it reads)
-    # is captured when the config is built, so a jit cache entry made for it
-    # can never start to match a later, different function.
-    if self.name in ACTIVATIONS and ACTIVATIONS[self.name] is self.fn:
+    if self._registry.get(self.name) is self.fn:
       key = ("name", self.name)
     else:
       key = ("fn", _value_key(self.fn))
@@ -108,13 +108,25 @@ class Activation:
     return self._frozen_key
 
   def __eq__(self, other):
-    return isinstance(other, Activation) and self._key() == other._key()
+    return type(other) is type(self) and self._key() == other._key()
 
   def __hash__(self):
-    return hash(self._key())
+    return hash((type(self).__name__, self._key()))
 
   def __repr__(self):
     return repr(self.name)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Activation(NamedFn):
+  """An elementwise activation ``jax.Array -> jax.Array``, hashable by value.
+
+  ``name`` is a name from the module docstring or the callable's ``__name__``.
+  """
+  _registry: ClassVar[dict] = ACTIVATIONS
+
+  def __call__(self, x):
+    return self.fn(x)
 
 
 ActivationLike = Union[str, Callable[[jax.Array], jax.Array], Activation]

@@ -28,15 +28,15 @@ incoming carry, so a float32 carry stays float32 across steps.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import _checks
-from rnnjax._activations import Activation, get_activation
-from rnnjax._initializers import Initializer, get_initializer, init_gates
+from rnnjax._activations import get_activation
+from rnnjax._initializers import get_initializer, init_gates
 
 Params = dict
 

@@ -10,12 +10,9 @@ random sums.
 
 from __future__ import annotations
 
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import rnnjax as rj
 from rnnjax import _tasks

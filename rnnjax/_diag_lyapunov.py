@@ -17,7 +17,6 @@ Reference: Benettin, Galgani, Giorgilli & Strelcyn, Meccanica 15 (1980).
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

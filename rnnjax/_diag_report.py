@@ -20,7 +20,6 @@ Summary statistics (computed on the host from the jitted measurements):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional
 
 import jax

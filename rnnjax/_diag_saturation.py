@@ -22,7 +22,6 @@ The mean derivative ``act'(a)`` is reported alongside (``sigmoid' <= 1/4``,
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax

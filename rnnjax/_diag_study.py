@@ -14,7 +14,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnjax._cells import GRU, IRNN, LSTM, JordanRNN, SimpleRNN
 from rnnjax._diag_report import diagnose, summary_table

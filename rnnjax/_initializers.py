@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Union
+from typing import Callable, ClassVar, Union
 
 import jax
 import jax.numpy as jnp
 
-from rnnjax._activations import _value_key
+from rnnjax._activations import NamedFn
 
 
 def _orthogonal(key, shape, dtype):
@@ -79,36 +79,13 @@ INITIALIZERS: dict[str, Callable] = {
 }
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Initializer:
-  """A weight initialiser, hashable and comparable by value."""
-  name: str
-  fn: Callable
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Initializer(NamedFn):
+  """A weight initialiser ``init(key, shape, dtype)``, hashable and comparable by value."""
+  _registry: ClassVar[dict] = INITIALIZERS
 
   def __call__(self, key, shape, dtype=jnp.float32):
     return self.fn(key, shape, dtype)
-
-  def __post_init__(self):
-    # Frozen at construction: a function's value (closure, globals it reads)
-    # is captured when the config is built, so a jit cache entry made for it
-    # can never start to match a later, different function.
-    if self.name in INITIALIZERS and INITIALIZERS[self.name] is self.fn:
-      key = ("name", self.name)
-    else:
-      key = ("fn", _value_key(self.fn))
-    object.__setattr__(self, "_frozen_key", key)
-
-  def _key(self):
-    return self._frozen_key
-
-  def __eq__(self, other):
-    return isinstance(other, Initializer) and self._key() == other._key()
-
-  def __hash__(self):
-    return hash(self._key())
-
-  def __repr__(self):
-    return repr(self.name)
 
 
 InitializerLike = Union[str, Callable, Initializer]

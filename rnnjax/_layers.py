@@ -20,11 +20,10 @@ All layers are frozen dataclasses (static, hashable config) with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnjax import _checks
 from rnnjax._activations import get_activation

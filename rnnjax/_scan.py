@@ -48,7 +48,7 @@ Both implementations give the same values and gradients (tests/test_fastpath.py)
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

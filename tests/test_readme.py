@@ -1,5 +1,4 @@
 """Every ```python block of README.md runs as written, in order, in one namespace."""
-import os
 import pathlib
 import re
 
