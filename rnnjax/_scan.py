@@ -35,7 +35,8 @@ Implementation (``impl``):
 * ``"reference"``: a plain ``lax.scan`` of ``cell(params, carry, x)``
   (``input_projection`` as above), differentiated by JAX. Any cell.
 * ``"auto"`` (default): ``"fused"`` when the cell is supported, else
-  ``"reference"``.
+  ``"reference"``; a GRU with ``hidden_size >= 256`` takes ``"reference"``,
+  which measured faster there on XLA:CPU (``_fused.auto_prefers``).
 
 The fused path is a ``jax.custom_vjp``: reverse mode (``grad``, ``vjp``,
 ``jacrev``, grad of grad) works; forward mode (``jvp``, ``jacfwd``,
@@ -160,7 +161,7 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
       lambda c: c.reshape(((bsize,) if nb else ()) + c.shape[-1:]), carry)
   flat_len = None if lengths is None else jnp.reshape(lengths, (bsize,) if nb else ())
 
-  use_fused = impl == "fused" or (impl == "auto" and _fused.supports(cell))
+  use_fused = impl == "fused" or (impl == "auto" and _fused.auto_prefers(cell))
   if use_fused:
     if not nb:  # a single unbatched sequence: a batch of one
       xs_tm = xs_tm[:, None]
