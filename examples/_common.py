@@ -74,3 +74,13 @@ def table(rows, headers) -> str:
   lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
   lines.insert(1, "  ".join("-" * w for w in widths))
   return "\n".join(lines)
+
+
+def make_cell(name: str, hidden: int):
+  """The examples' cells by name: tanh / sigmoid SimpleRNN, IRNN, LSTM, GRU."""
+  import rnnjax as rj
+  return {"tanh": lambda: rj.SimpleRNN(hidden, "tanh"),
+          "sigmoid": lambda: rj.SimpleRNN(hidden, "sigmoid"),
+          "irnn": lambda: rj.IRNN(hidden),
+          "lstm": lambda: rj.LSTM(hidden),
+          "gru": lambda: rj.GRU(hidden)}[name]()

@@ -39,17 +39,9 @@ LABELS = {"tanh": "tanh RNN", "sigmoid": "sigmoid RNN", "irnn": "IRNN", "lstm": 
           "gru": "GRU"}
 
 
-def make_cell(name, hidden):
-  return {"tanh": lambda: rj.SimpleRNN(hidden, "tanh"),
-          "sigmoid": lambda: rj.SimpleRNN(hidden, "sigmoid"),
-          "irnn": lambda: rj.IRNN(hidden),
-          "lstm": lambda: rj.LSTM(hidden),
-          "gru": lambda: rj.GRU(hidden)}[name]()
-
-
 def run_one(name, T, *, hidden, steps, batch_size, lr, seed, test_size=2000):
   """Trains one cell at one length; returns the loss curve and the test MSE."""
-  model = rj.SequenceModel([make_cell(name, hidden)], rj.Dense(1))
+  model = rj.SequenceModel([_common.make_cell(name, hidden)], rj.Dense(1))
   params = model.init(jax.random.key(seed), input_size=2)
   test = train.adding_problem(test_size, length=T, seed=(seed, 10**6))
   res = train.fit(model, params, lambda i: train.adding_problem(batch_size, length=T,

@@ -43,11 +43,6 @@ def baseline(delay, num_copy=NUM_COPY):
   return num_copy * math.log(NUM_SYMBOLS) / (delay + 2 * num_copy)
 
 
-def make_cell(name, hidden):
-  return {"lstm": lambda: rj.LSTM(hidden), "gru": lambda: rj.GRU(hidden),
-          "tanh": lambda: rj.SimpleRNN(hidden, "tanh")}[name]()
-
-
 def main(argv=None) -> dict:
   p = _common.parser(__doc__)
   p.add_argument("--delay", type=int, default=None, help="T, the blanks to wait (default 20; quick 5)")
@@ -72,7 +67,7 @@ def main(argv=None) -> dict:
 
   results = {}
   for name in cells:
-    model = rj.SequenceModel([make_cell(name, hidden)], rj.Dense(NUM_SYMBOLS + 1),
+    model = rj.SequenceModel([_common.make_cell(name, hidden)], rj.Dense(NUM_SYMBOLS + 1),
                              return_sequences=True)
     params = model.init(jax.random.key(args.seed), input_size=NUM_SYMBOLS + 2)
     res = train.fit(model, params, lambda i: train.copy_task(args.batch_size, delay=T, num_copy=n,

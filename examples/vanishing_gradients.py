@@ -47,14 +47,6 @@ LABELS = {"sigmoid": "sigmoid RNN", "tanh": "tanh RNN", "irnn": "IRNN", "lstm": 
 MAX_DERIVATIVE = {"sigmoid": 0.25, "tanh": 1.0, "irnn": 1.0}   # max f': sigmoid, tanh, relu
 
 
-def make_cell(name, hidden):
-  return {"tanh": lambda: rj.SimpleRNN(hidden, "tanh"),
-          "sigmoid": lambda: rj.SimpleRNN(hidden, "sigmoid"),
-          "irnn": lambda: rj.IRNN(hidden),
-          "lstm": lambda: rj.LSTM(hidden),
-          "gru": lambda: rj.GRU(hidden)}[name]()
-
-
 def bound(name, cell_params):
   """``log(max f' * ||W||_2)``: the per-step decay bound of a simple RNN (None otherwise)."""
   if name not in MAX_DERIVATIVE:
@@ -99,7 +91,7 @@ def main(argv=None) -> dict:
   init, trained, b_init, b_trained, mse = {}, {}, {}, {}, {}
   with _common.Timer() as total:
     for name in cells:
-      cell = make_cell(name, hidden)
+      cell = _common.make_cell(name, hidden)
       model = rj.SequenceModel([cell], rj.Dense(1))
       params = model.init(jax.random.key(args.seed), input_size=2)
       init[name] = rd.diagnose(cell, params["layers"][0], xs, name=LABELS[name])

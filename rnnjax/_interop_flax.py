@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._cells import GRU, LSTM, JordanRNN, SimpleRNN
-from rnnjax._interop_torch import _as_numpy
+from rnnjax._interop_torch import _as_numpy, _fused_weights
 
 _GATES = {"LSTMCell": "ifgo", "OptimizedLSTMCell": "ifgo", "GRUCell": "rzn",
           "SimpleCell": None}
@@ -157,17 +157,9 @@ def to_flax(cell, params, *, kind: Optional[Any] = None) -> dict:
     with biases where Flax has them (see the module docstring).
   """
   kind = _check_kind(cell, kind)
-  if not isinstance(params, Mapping) or "w_i" not in params:
-    raise TypeError(f"params must be the dict returned by {type(cell).__name__}.init, "
-                    f"got {type(params).__name__}.")
   H = cell.hidden_size
   G = cell.num_gates
-  w_i, w_h, b = (jnp.asarray(params[k]) for k in ("w_i", "w_h", "b"))
-  if w_i.ndim != 2 or w_i.shape[1] != G * H or w_h.shape != (H, G * H) or b.shape != (G * H,):
-    raise ValueError(
-        f"params do not match {type(cell).__name__}(hidden_size={H}): got w_i "
-        f"{w_i.shape}, w_h {w_h.shape}, b {b.shape}; expected [I, {G * H}], "
-        f"[{H}, {G * H}], [{G * H}].")
+  w_i, w_h, b = _fused_weights(cell, params, G, jnp.asarray)
   out = {}
   for k, (in_name, h_name) in enumerate(_dense_names(kind)):
     sl = slice(k * H, (k + 1) * H)

@@ -155,18 +155,25 @@ def _numpy_out(a) -> np.ndarray:
   return np.ascontiguousarray(arr).copy()
 
 
-def _cell_to_torch(cell, params, suffix, prefix):
-  G = _torch_kind(cell)
-  H = cell.hidden_size
+def _fused_weights(cell, params, num_gates, asarray):
+  """``(w_i, w_h, b)`` of ``params`` as ``asarray`` arrays, checked against ``cell``."""
+  H, G = cell.hidden_size, num_gates
   if not isinstance(params, Mapping) or "w_i" not in params:
     raise TypeError(f"params must be the dict returned by {type(cell).__name__}.init, "
                     f"got {type(params).__name__}.")
-  w_i, w_h, b = (np.asarray(params[k]) for k in ("w_i", "w_h", "b"))
+  w_i, w_h, b = (asarray(params[k]) for k in ("w_i", "w_h", "b"))
   if w_i.ndim != 2 or w_i.shape[1] != G * H or w_h.shape != (H, G * H) or b.shape != (G * H,):
     raise ValueError(
         f"params do not match {type(cell).__name__}(hidden_size={H}): got w_i "
         f"{w_i.shape}, w_h {w_h.shape}, b {b.shape}; expected [I, {G * H}], "
         f"[{H}, {G * H}], [{G * H}].")
+  return w_i, w_h, b
+
+
+def _cell_to_torch(cell, params, suffix, prefix):
+  G = _torch_kind(cell)
+  H = cell.hidden_size
+  w_i, w_h, b = _fused_weights(cell, params, G, np.asarray)
   bias_hh = np.zeros_like(b)
   if isinstance(cell, GRU):
     bias_hh[2 * H:] = np.asarray(params["b_hn"])
