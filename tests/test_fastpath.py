@@ -72,6 +72,8 @@ CELLS = {
     "simple_tanh": lambda: rj.SimpleRNN(H, param_dtype=jnp.float64),
     "irnn_relu": lambda: rj.IRNN(H, param_dtype=jnp.float64),
     "lstm": lambda: rj.LSTM(H, param_dtype=jnp.float64),
+    # Analytic backward, but not the one-pass sigmoid/tanh gates of the forward.
+    "lstm_relu": lambda: rj.LSTM(H, activation="relu", param_dtype=jnp.float64),
     "gru": lambda: rj.GRU(H, param_dtype=jnp.float64),
 }
 
@@ -82,6 +84,7 @@ CASES = [("simple_tanh", False, False, "inloop"), ("simple_tanh", True, True, "h
          ("irnn_relu", True, False, "inloop"),
          ("lstm", False, False, "inloop"), ("lstm", True, True, "inloop"),
          ("lstm", True, False, "hoisted"), ("lstm", False, True, "inloop"),
+         ("lstm_relu", True, True, "inloop"),
          ("gru", False, False, "inloop"), ("gru", True, True, "inloop"),
          ("gru", False, True, "hoisted")]
 
