@@ -6,6 +6,7 @@ Usage::
   python -m benchmarks.run --cells lstm --presets small,long --impls rnnjax,torch
   python -m benchmarks.run --quick                          # tiny shapes, 1 round (smoke test)
   python -m benchmarks.run --backend gpu --sweep-T 64,128,256,512,1024
+  python -m benchmarks.run --presets none --sweep-T 64,256,1024 --modes fwdbwd   # only the T sweep
 
 What it does:
 
@@ -127,7 +128,8 @@ def build_parser():
   ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
   ap.add_argument("--cells", default=",".join(_common.CELLS), help="simple,lstm,gru")
   ap.add_argument("--presets", default=None,
-                  help=f"comma list of {', '.join(PRESETS)} (default all; --quick: tiny presets)")
+                  help=f"comma list of {', '.join(PRESETS)} (default all; --quick: tiny presets; "
+                       "'none' with --sweep-T: only the sweep)")
   ap.add_argument("--impls", default=",".join(_impls.DEFAULT_IMPLS),
                   help=f"comma list of {', '.join(_impls.ADAPTERS)}, or 'all'")
   ap.add_argument("--modes", default="fwd,fwdbwd", help="fwd,fwdbwd")
@@ -151,7 +153,12 @@ def _configs(args) -> List[tuple]:
   cells = _parse_list(args.cells, _common.CELLS, "cells")
   modes = _parse_list(args.modes, _common.MODES, "modes")
   table = QUICK_PRESETS if args.quick else PRESETS
-  names = list(table) if args.presets is None else _parse_list(args.presets, list(table), "presets")
+  if args.presets is None:
+    names = list(table)
+  elif args.presets == "none" and args.sweep_T:  # only the sweep shapes
+    names = []
+  else:
+    names = _parse_list(args.presets, list(table), "presets")
   shapes = [table[n] for n in names]
   if args.sweep_T:
     base = {**PRESETS, **QUICK_PRESETS}[args.sweep_base]
@@ -269,6 +276,69 @@ def _table_rows(data, cell, mode):
   return names, by, shown
 
 
+def summary_rows(data) -> List[dict]:
+  """rnnjax against the fastest peer per (cell, mode, shape).
+
+  ``median_ratio`` = rnnjax's median / the smallest peer median; ``min_ratio``
+  the same with minima (interference on a shared machine only slows a call
+  down, so the minima are the steadier estimate); ``compile_ratio`` = rnnjax's
+  compile time / the fastest-compiling Flax implementation's.
+  """
+  peers_all = [i for i in data["meta"]["impls"] if i not in _impls.OURS]
+  by = {}
+  for r in data["results"]:
+    if "median_s" in r:
+      by.setdefault((r["cell"], r["mode"], r["shape"]["name"]), {})[r["impl"]] = r
+  out = []
+  for (cell, mode, shape), rs in by.items():
+    ours = rs.get("rnnjax")
+    peers = {i: r for i, r in rs.items() if i in peers_all}
+    if ours is None or not peers:
+      continue
+    best = min(peers, key=lambda i: peers[i]["median_s"])
+    best_min = min(r["min_s"] for r in peers.values())
+    flax_c = [r["compile_s"] for i, r in peers.items() if i.startswith("flax") and r["compile_s"]]
+    out.append({"cell": cell, "mode": mode, "shape": shape, "best_peer": best,
+                "median_ratio": ours["median_s"] / peers[best]["median_s"],
+                "min_ratio": ours["min_s"] / best_min,
+                "compile_ratio": ours["compile_s"] / min(flax_c) if flax_c and ours["compile_s"] else None,
+                "roofline_frac": ours.get("roofline_frac")})
+  return out
+
+
+def format_summary(data) -> List[str]:
+  rows = summary_rows(data)
+  if not rows:
+    return []
+  shapes = []
+  for r in rows:
+    if r["shape"] not in shapes:
+      shapes.append(r["shape"])
+  out = ["", "### rnnjax / fastest peer (median ratio, min ratio in parentheses, that peer; "
+         "< 1 means rnnjax is faster)", ""]
+  out.append("| cell | mode | " + " | ".join(shapes) + " | compile vs Flax |")
+  out.append("|" + "---|" * (len(shapes) + 3))
+  by = {(r["cell"], r["mode"], r["shape"]): r for r in rows}
+  keys = []
+  for r in rows:
+    if (r["cell"], r["mode"]) not in keys:
+      keys.append((r["cell"], r["mode"]))
+  for cell, mode in keys:
+    cells_ = [cell, mode]
+    comp = []
+    for sh in shapes:
+      r = by.get((cell, mode, sh))
+      if r is None:
+        cells_.append("-")
+        continue
+      cells_.append(f"{r['median_ratio']:.2f} ({r['min_ratio']:.2f}) {r['best_peer']}")
+      if r["compile_ratio"] is not None:
+        comp.append(r["compile_ratio"])
+    cells_.append(f"{min(comp):.2f}-{max(comp):.2f}x" if comp else "-")
+    out.append("| " + " | ".join(cells_) + " |")
+  return out
+
+
 def format_tables(data) -> str:
   """Markdown tables: median ms per implementation, rnnjax's ratio to each peer, details."""
   meta = data["meta"]
@@ -278,6 +348,7 @@ def format_tables(data) -> str:
              f"date {meta['date']}; " + ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items())))
   out.append(f"Roofline: {meta['roofline']['n']}^3 float32 matmul = {meta['roofline']['gflops']:.1f} GFLOP/s. "
              f"{meta['rounds']} interleaved rounds; median (min) ms of all timed calls.")
+  out.extend(format_summary(data))
   cells = []
   for r in data["results"]:
     if r["cell"] not in cells:

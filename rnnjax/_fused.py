@@ -31,6 +31,14 @@ with ``H_prev`` (the recurrent input of each step) rebuilt from the outputs
 rather than stored. A plain ``lax.scan`` under ``jax.grad`` does instead a
 weight-gradient dot and accumulation in every step.
 
+On XLA:CPU every fusion and dot in the loop body is one thunk, and at small
+shapes (B=16, H=64) each costs ~1 us on top of its work (measured: a backward
+loop body of a dot, an update and a store took 12.7 us/step, the same with the
+LSTM's 12 extra small fusions 25 us/step), so the loop bodies are written to
+need few fusions: the LSTM with sigmoid/tanh gates computes its four gates in
+one ``tanh`` pass (:func:`_lstm_gates_one_pass`) and its gate gradients as one
+product of three ``[B, 4H]`` arrays.
+
 Measured on XLA:CPU (jax 0.10.2): a ``[T, B, G*H]`` hoisted projection sliced
 per gate inside the loop compiles to scalar code, and splitting it per gate
 after the matmul costs G extra passes over a ``[T, B, H]`` array; the in-loop

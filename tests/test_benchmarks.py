@@ -1,5 +1,6 @@
 """Smoke test of the benchmark suite (``python -m benchmarks.run --quick``)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,7 +35,7 @@ def test_time_calls_counts_and_sync():
 def test_quick_run_end_to_end(tmp_path):
   out = tmp_path / "res"
   cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--cells", "lstm", "--presets", "tiny",
-         "--impls", "rnnjax,torch,equinox,cudnn", "--out", str(out)]
+         "--impls", "rnnjax,torch,equinox,haiku,cudnn", "--out", str(out)]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -55,7 +56,12 @@ def test_quick_run_end_to_end(tmp_path):
     assert t["median_s"] > 0 and t["compile_s"] is None
     fastest = min(rows[(i, mode)]["median_s"] for i in ("rnnjax", "torch"))
     assert r["x_fastest"] == pytest.approx(r["median_s"] / fastest)
-    assert "not installed" in rows[("equinox", mode)]["skip"] or rows[("equinox", mode)]["n"] >= 3
+    for peer, module in (("equinox", "equinox"), ("haiku", "haiku")):
+      p = rows[(peer, mode)]
+      if importlib.util.find_spec(module) is None:
+        assert "not installed" in p["skip"]
+      else:  # installed (the test extra has both): it must have run
+        assert p["n"] >= 3 and 0 < p["min_s"] <= p["median_s"] and p["compile_s"] > 0, p
     assert "GPU" in rows[("cudnn", mode)]["skip"]
   table = (out / "results.md").read_text()
   assert "rnnjax/torch" in table and "cudnn: cuDNN RNN needs a GPU" in table
@@ -65,3 +71,32 @@ def test_quick_run_end_to_end(tmp_path):
 def test_bad_flags_are_reported():
   with pytest.raises(SystemExit, match="--cells: unknown"):
     bench_run.run(bench_run.build_parser().parse_args(["--cells", "lstm,rnn"]))
+
+
+def test_summary_against_fastest_peer():
+  """rnnjax / fastest peer, by medians and by minima, and compile time vs Flax."""
+  def row(impl, med, mn, comp, cell="lstm", shape="small"):
+    return {"cell": cell, "mode": "fwdbwd", "shape": {"name": shape}, "impl": impl,
+            "median_s": med, "min_s": mn, "compile_s": comp, "roofline_frac": 0.1}
+  data = {"meta": {"impls": ["rnnjax", "rnnjax_reference", "flax_linen", "flax_nnx", "torch"]},
+          "results": [row("rnnjax", 2.0, 1.5, 0.6), row("rnnjax_reference", 0.5, 0.4, 0.1),
+                      row("flax_linen", 4.0, 1.0, 0.3), row("flax_nnx", 3.0, 2.5, 0.4),
+                      row("torch", 2.5, 2.0, None),
+                      {"cell": "gru", "mode": "fwdbwd", "shape": {"name": "small"}, "impl": "rnnjax",
+                       "skip": "no peer ran"}]}
+  (r,) = bench_run.summary_rows(data)
+  # rnnjax_reference is ours, not a peer; the fastest peer by median is torch.
+  assert r["best_peer"] == "torch" and r["median_ratio"] == pytest.approx(2.0 / 2.5)
+  assert r["min_ratio"] == pytest.approx(1.5 / 1.0)          # linen has the smallest minimum
+  assert r["compile_ratio"] == pytest.approx(0.6 / 0.3)      # vs the faster-compiling Flax
+  lines = bench_run.format_summary(data)
+  assert "| lstm | fwdbwd | 0.80 (1.50) torch | 2.00-2.00x |" in lines
+
+
+def test_presets_none_runs_only_the_sweep():
+  args = bench_run.build_parser().parse_args(["--presets", "none", "--sweep-T", "8,16", "--quick",
+                                             "--cells", "gru", "--modes", "fwd"])
+  names = [s.name for _, s, _ in bench_run._configs(args)]
+  assert names == ["small@T=8", "small@T=16"]
+  with pytest.raises(SystemExit, match="--presets"):
+    bench_run._configs(bench_run.build_parser().parse_args(["--presets", "none"]))
