@@ -27,8 +27,8 @@ and input gradients are single large matmuls after the loop::
 
   [dW_i; dW_h] = [X, H_prev]^T E      db = sum(E)      dX = E W_i^T
 
-(the GRU, whose input and hidden sides see different columns of E, takes
-``X^T E_x`` and ``H_prev^T E_h`` apart) with ``H_prev`` (the recurrent input of
+(as ``X^T E`` and ``H_prev^T E`` apart for the GRU, whose two sides see
+different columns of E, and for H >= 256) with ``H_prev`` (the recurrent input of
 each step) rebuilt from the outputs rather than stored. A plain ``lax.scan`` under ``jax.grad`` does instead a
 weight-gradient dot and accumulation in every step.
 
@@ -534,14 +534,15 @@ def _run_bwd(st, saved, cts):
   else:
     d_xp2 = d_hp2 = e2
   x2 = _cast(xs_tm.reshape(T * B, I), dt)
-  if isinstance(cell, GRU):  # its two sides see different columns of E
+  # The GRU's two sides see different columns of E. Otherwise, below H = 256,
+  # one [I+H, T*B] x [T*B, G*H] matmul: these post-loop matmuls measured 20%
+  # faster than two on XLA:CPU at the small and long presets (H=64); at H=256
+  # and 512 the same in isolation and 4-5% slower end to end (within noise).
+  if isinstance(cell, GRU) or H >= 256:
     hp2 = _cast(h_prev, dt).reshape(T * B, H)
     d_w_h = (hp2.T @ d_hp2).astype(w_h.dtype)
     d_w_i = (x2.T @ d_xp2).astype(w_i.dtype)
   else:
-    # Both sides see the same E: one [I+H, T*B] x [T*B, G*H] matmul (these
-    # post-loop matmuls measured 20% faster than two on XLA:CPU at the small
-    # and long presets, the same at medium and large).
     xh2 = jnp.concatenate([_cast(xs_tm, dt), _cast(h_prev, dt)], axis=-1).reshape(T * B, I + H)
     d_w = xh2.T @ e2
     d_w_i, d_w_h = d_w[:I].astype(w_i.dtype), d_w[I:].astype(w_h.dtype)

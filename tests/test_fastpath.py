@@ -111,6 +111,12 @@ def test_generic_backward_matches_reference(x64, cell, projection):
   _assert_same(_both(cell, jnp.asarray(LENGTHS), True, projection=projection))
 
 
+def test_wide_hidden_takes_separate_weight_gradients(x64):
+  """H >= 256: dW_i and dW_h as two post-loop matmuls instead of one (_run_bwd)."""
+  cell = rj.LSTM(256, param_dtype=jnp.float64)
+  _assert_same(_both(cell, jnp.asarray(LENGTHS), False))
+
+
 def test_batch_dims_time_major_and_unbatched(x64):
   cell = rj.GRU(H, param_dtype=jnp.float64)
   _assert_same(_both(cell, None, False, batch_shape=(2, 2), time_major=True))
