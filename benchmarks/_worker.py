@@ -27,6 +27,15 @@ from benchmarks import _common
 from benchmarks import _impls
 
 
+def _minor_faults():
+  """This process's minor page faults so far (None where ``resource`` is missing)."""
+  try:
+    import resource
+  except ImportError:  # not a Unix
+    return None
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _reply(obj):
   sys.stdout.write("@@" + json.dumps(obj) + "\n")
   sys.stdout.flush()
@@ -110,9 +119,12 @@ def main(argv=None):
       if isinstance(built, _impls.Unavailable):
         _reply({"skip": str(built)})
         continue
-      times = _common.time_calls(built.call, built.sync, warmup=int(cmd.get("warmup", 2)),
+      warmup = int(cmd.get("warmup", 2))
+      faults0 = _minor_faults()
+      times = _common.time_calls(built.call, built.sync, warmup=warmup,
                                  repeats=int(cmd.get("repeats", 10)),
                                  target_s=float(cmd.get("target_s", 1.0)))
+      faults1 = _minor_faults()
       memory = dict(built.memory)
       if args.impl == "torch":
         peak = _impls.torch_peak(args.backend)
@@ -122,8 +134,9 @@ def main(argv=None):
         peak = _impls._jax_peak(_impls._jax_device(args.backend))
         if peak is not None:
           memory["process_peak_bytes"] = peak
+      faults = None if faults0 is None else (faults1 - faults0) / (warmup + len(times))
       _reply({"times": times, "compile_s": built.compile_s if fresh else None,
-              "memory": memory, "note": built.note})
+              "memory": memory, "note": built.note, "minor_faults_per_call": faults})
     except Exception as e:  # report, keep serving
       _reply({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]})
 

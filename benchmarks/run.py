@@ -7,6 +7,7 @@ Usage::
   python -m benchmarks.run --quick                          # tiny shapes, 1 round (smoke test)
   python -m benchmarks.run --backend gpu --sweep-T 64,128,256,512,1024
   python -m benchmarks.run --presets none --sweep-T 64,256,1024 --modes fwdbwd   # only the T sweep
+  python -m benchmarks.run --host-malloc retain             # workers keep freed memory (fewer page faults)
 
 What it does:
 
@@ -28,6 +29,12 @@ What it does:
 * Memory: XLA's memory analysis of the compiled executable (temp and output
   bytes) for JAX implementations; the device's peak where the backend reports
   it (GPU), ``torch.cuda.max_memory_allocated`` for PyTorch on CUDA.
+* Host page faults: minor page faults per call of the last round (``getrusage``).
+  On Linux glibc ``malloc`` serves buffers of more than a few MB with ``mmap``
+  and unmaps them on ``free``, so a jitted call whose temporaries are large
+  pays their page faults on every call; ``--host-malloc retain`` starts every
+  worker (all implementations alike) with glibc settings that keep freed memory
+  in the heap (see ``HOST_MALLOC``).
 * Implementations that are not installed or do not support a configuration on
   this device (e.g. cuDNN on CPU) are skipped with a note.
 
@@ -61,7 +68,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Worker:
   """One implementation's worker process."""
 
-  def __init__(self, impl: str, backend: Optional[str], log_dir: str, timeout_s: float):
+  def __init__(self, impl: str, backend: Optional[str], log_dir: str, timeout_s: float,
+               extra_env: Optional[Dict[str, str]] = None):
     self.impl = impl
     self.timeout_s = timeout_s
     self.dead: Optional[str] = None
@@ -72,6 +80,7 @@ class Worker:
     self._log = open(self.log_path, "w")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra_env or {})
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=self._log, text=True, cwd=REPO, env=env, bufsize=1)
 
@@ -116,6 +125,17 @@ class Worker:
     self._log.close()
 
 
+# glibc malloc environment of the workers (--host-malloc). "retain": no mmap for
+# allocations below 1 GiB and no trimming of the heap below 1 GiB free, so the
+# large temporaries of a jitted call (scan buffers of several MB) are reused
+# from the heap instead of being mmapped, page-faulted in and unmapped again on
+# every call. The same for every implementation, so ratios stay fair.
+HOST_MALLOC = {
+    "default": {},
+    "retain": {"MALLOC_MMAP_THRESHOLD_": str(2 ** 30), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)},
+}
+
+
 def _parse_list(s: str, allowed, what: str) -> List[str]:
   items = [x.strip() for x in s.split(",") if x.strip()]
   bad = [x for x in items if x not in allowed]
@@ -146,6 +166,9 @@ def build_parser():
   ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   ap.add_argument("--no-plot", action="store_true")
   ap.add_argument("--timeout-s", type=float, default=1800.0, help="per-command worker timeout")
+  ap.add_argument("--host-malloc", default="default", choices=sorted(HOST_MALLOC),
+                  help="glibc malloc settings of every worker: 'default', or 'retain' (freed "
+                       "memory stays in the heap, so large temporaries cost no page faults per call)")
   return ap
 
 
@@ -186,8 +209,9 @@ def run(args) -> dict:
   backend = args.backend or jax.default_backend()
   jax_device = jax.devices(backend)[0]
 
-  workers = {i: Worker(i, backend, args.out, args.timeout_s) for i in impls}
-  roof_worker = Worker("rnnjax", backend, args.out, args.timeout_s)
+  menv = HOST_MALLOC[args.host_malloc]
+  workers = {i: Worker(i, backend, args.out, args.timeout_s, menv) for i in impls}
+  roof_worker = Worker("rnnjax", backend, args.out, args.timeout_s, menv)
   results: Dict[tuple, dict] = {}
   notes: Dict[str, str] = {}
   roofline: List[dict] = []
@@ -220,6 +244,8 @@ def run(args) -> dict:
               rec["compile_s"] = ans["compile_s"]
             rec["memory"].update(ans.get("memory") or {})
             rec["note"] = ans.get("note", "")
+            if ans.get("minor_faults_per_call") is not None:  # the last round's (steady state)
+              rec["minor_faults_per_call"] = ans["minor_faults_per_call"]
         print(f"round {r + 1}/{args.rounds} config {ci + 1}/{len(configs)} "
               f"({cell} {shape.name} {mode}) {time.time() - t_start:.0f}s", file=sys.stderr)
   finally:
@@ -257,6 +283,7 @@ def run(args) -> dict:
                  "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
       "versions": versions,
       "rounds": args.rounds, "repeats": args.repeats, "warmup": args.warmup,
+      "host_malloc": {"mode": args.host_malloc, "env": HOST_MALLOC[args.host_malloc]},
       "roofline": {"n": args.roofline_n, "gflops": roof, "per_round": roofline},
       "skipped": notes,
       "impls": impls,
@@ -347,7 +374,9 @@ def format_tables(data) -> str:
   out.append(f"Device: {dev['platform']} ({dev['kind']}, {dev['cpu_count']} CPUs), backend {meta['backend']}; "
              f"date {meta['date']}; " + ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items())))
   out.append(f"Roofline: {meta['roofline']['n']}^3 float32 matmul = {meta['roofline']['gflops']:.1f} GFLOP/s. "
-             f"{meta['rounds']} interleaved rounds; median (min) ms of all timed calls.")
+             f"{meta['rounds']} interleaved rounds; median (min) ms of all timed calls."
+             + (f" Workers' malloc: {meta['host_malloc']['mode']} ({' '.join(f'{k}={v}' for k, v in meta['host_malloc']['env'].items())})."
+                if meta.get("host_malloc", {}).get("env") else ""))
   out.extend(format_summary(data))
   cells = []
   for r in data["results"]:
@@ -384,7 +413,7 @@ def format_tables(data) -> str:
   out.append("### details")
   out.append("")
   hdr = ["cell", "preset", "mode", "impl", "median ms", "min ms", "n", "compile s", "GFLOP/s",
-         "% roofline", "x fastest", "XLA temp MiB"]
+         "% roofline", "x fastest", "XLA temp MiB", "page faults/call"]
   out.append("| " + " | ".join(hdr) + " |")
   out.append("|" + "---|" * len(hdr))
   for r in data["results"]:
@@ -396,7 +425,8 @@ def format_tables(data) -> str:
         _fmt_ms(r["min_s"]), str(r["n"]),
         "-" if r["compile_s"] is None else f"{r['compile_s']:.2f}",
         f"{r['gflops']:.2f}", "-" if r["roofline_frac"] is None else f"{100 * r['roofline_frac']:.1f}",
-        f"{r['x_fastest']:.2f}", "-" if mem is None else f"{mem / 2 ** 20:.1f}"]) + " |")
+        f"{r['x_fastest']:.2f}", "-" if mem is None else f"{mem / 2 ** 20:.1f}",
+        "-" if r.get("minor_faults_per_call") is None else f"{r['minor_faults_per_call']:.0f}"]) + " |")
   skipped = {}
   for r in data["results"]:
     if r["skip"]:

@@ -35,7 +35,7 @@ def test_time_calls_counts_and_sync():
 def test_quick_run_end_to_end(tmp_path):
   out = tmp_path / "res"
   cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--cells", "lstm", "--presets", "tiny",
-         "--impls", "rnnjax,torch,equinox,haiku,cudnn", "--out", str(out)]
+         "--impls", "rnnjax,torch,equinox,haiku,cudnn", "--host-malloc", "retain", "--out", str(out)]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,12 +43,13 @@ def test_quick_run_end_to_end(tmp_path):
   meta = data["meta"]
   assert meta["backend"] == "cpu" and meta["device"]["platform"] == "cpu"
   assert meta["versions"]["jax"] and meta["date"] and meta["roofline"]["gflops"] > 0
+  assert meta["host_malloc"] == {"mode": "retain", "env": bench_run.HOST_MALLOC["retain"]}
   rows = {(r["impl"], r["mode"]): r for r in data["results"]}
   shape = _common.QUICK_PRESETS["tiny"]
   for mode in ("fwd", "fwdbwd"):
     r = rows[("rnnjax", mode)]
     assert r["n"] >= 3 and 0 < r["min_s"] <= r["median_s"]
-    assert r["compile_s"] > 0
+    assert r["compile_s"] > 0 and r["minor_faults_per_call"] >= 0
     # GFLOP/s is the closed-form FLOP count over the median time.
     assert r["gflops"] == pytest.approx(_common.matmul_flops("lstm", shape, mode) / r["median_s"] / 1e9)
     assert r["roofline_frac"] == pytest.approx(r["gflops"] / meta["roofline"]["gflops"])
@@ -67,6 +68,7 @@ def test_quick_run_end_to_end(tmp_path):
     assert "GPU" in rows[("cudnn", mode)]["skip"]
   table = (out / "results.md").read_text()
   assert "rnnjax/torch" in table and "cudnn: cuDNN RNN needs a GPU" in table
+  assert "Workers' malloc: retain (MALLOC_MMAP_THRESHOLD_=" in table and "page faults/call" in table
   assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -102,3 +104,35 @@ def test_presets_none_runs_only_the_sweep():
   assert names == ["small@T=8", "small@T=16"]
   with pytest.raises(SystemExit, match="--presets"):
     bench_run._configs(bench_run.build_parser().parse_args(["--presets", "none"]))
+
+
+_FAULTS = """
+import resource, numpy as np
+def faults():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def work():  # three 16 MiB temporaries, freed again
+  a, b = np.ones(4 * 2 ** 20, np.float32), np.ones(4 * 2 ** 20, np.float32)
+  return (a + b).sum()
+for _ in range(3):
+  work()
+f0 = faults()
+for _ in range(10):
+  work()
+print((faults() - f0) / 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_host_malloc_retain_removes_per_call_page_faults():
+  """--host-malloc retain: freed 16 MiB buffers are reused instead of mmapped and faulted again."""
+  def faults(mode):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.update(bench_run.HOST_MALLOC[mode])
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return float(out.stdout.strip())
+  default, retain = faults("default"), faults("retain")
+  assert default > 500  # 16 MiB = 4096 pages; glibc mmaps and unmaps some of them every call
+  assert retain < 100, (default, retain)
+  with pytest.raises(SystemExit):
+    bench_run.build_parser().parse_args(["--host-malloc", "keep"])
