@@ -29,9 +29,9 @@ Implementation (``impl``):
   forward keeps the activated gates so that the backward needs no
   recomputation. With ``input_projection="auto"`` it picks, on CPU, an
   in-loop ``[x_t, h] @ [W_i; W_h]`` matmul (one dot per step, no hoisted
-  ``[T, B, G*H]`` array; for the GRU only while the per-step matmul is small,
-  ``_fused.choose_projection``), and on GPU/TPU the hoisted projection,
-  pre-split per gate. Measured in benchmarks/RESULTS.md.
+  ``[T, B, G*H]`` array) for the SimpleRNN and the LSTM and the hoisted
+  projection for the GRU (``_fused.choose_projection``), and on GPU/TPU the
+  hoisted projection, pre-split per gate. Measured in benchmarks/RESULTS.md.
 * ``"reference"``: a plain ``lax.scan`` of ``cell(params, carry, x)``
   (``input_projection`` as above), differentiated by JAX. Any cell.
 * ``"auto"`` (default): ``"fused"`` when the cell is supported, else

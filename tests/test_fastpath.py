@@ -86,7 +86,7 @@ CASES = [("simple_tanh", False, False, "inloop"), ("simple_tanh", True, True, "h
          ("lstm", True, False, "hoisted"), ("lstm", False, True, "inloop"),
          ("lstm_relu", True, True, "inloop"),
          ("gru", False, False, "inloop"), ("gru", True, True, "inloop"),
-         ("gru", False, True, "hoisted")]
+         ("gru", False, True, "hoisted"), ("gru", True, False, "hoisted")]
 
 
 @pytest.mark.parametrize("name,use_lengths,reverse,projection", CASES,
@@ -173,7 +173,8 @@ def test_dispatch_and_errors():
   assert "custom_vjp" in jaxpr(input_projection="hoisted")
   assert _fused.choose_projection(lstm, 16, 32, backend="cpu") == "inloop"
   assert _fused.choose_projection(lstm, 16, 32, backend="gpu") == "hoisted"
-  assert _fused.choose_projection(rj.GRU(64), 16, 32, backend="cpu") == "inloop"
+  assert _fused.choose_projection(rj.GRU(64), 16, 32, backend="cpu") == "hoisted"
+  assert _fused.choose_projection(rj.SimpleRNN(64), 16, 32, backend="cpu") == "inloop"
   assert _fused.choose_projection(rj.GRU(512), 256, 256, backend="cpu") == "hoisted"
   jordan = rj.JordanRNN(4, output_size=2)
   pj = jordan.init(jax.random.key(0), 3)
