@@ -283,7 +283,7 @@ def run(args) -> dict:
                  "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
       "versions": versions,
       "rounds": args.rounds, "repeats": args.repeats, "warmup": args.warmup,
-      "host_malloc": {"mode": args.host_malloc, "env": HOST_MALLOC[args.host_malloc]},
+      "host_malloc": {"mode": args.host_malloc, "env": menv},
       "roofline": {"n": args.roofline_n, "gflops": roof, "per_round": roofline},
       "skipped": notes,
       "impls": impls,

@@ -182,7 +182,7 @@ def _analytic(cell) -> bool:
   return all(_known_deriv(a) is not None for a in acts)
 
 
-def choose_projection(cell, batch: int, input_size: int, backend: Optional[str] = None) -> str:
+def choose_projection(cell, backend: Optional[str] = None) -> str:
   """The projection placement the fused path uses: ``"inloop"`` or ``"hoisted"``.
 
   On CPU (measured on XLA:CPU, jax 0.10.2, see benchmarks/RESULTS.md):
@@ -191,8 +191,6 @@ def choose_projection(cell, batch: int, input_size: int, backend: Optional[str] 
   GRU, whose in-loop weight carries a zero block (the hoisted GRU measured
   0.77-0.92x of the in-loop time forward and 0.91-0.98x forward+backward at the
   small, long and medium presets). Elsewhere (GPU, TPU): ``"hoisted"``.
-  ``batch`` and ``input_size`` are the call's shapes (kept for shape-dependent
-  rules; none is in use).
   """
   backend = backend or jax.default_backend()
   if backend != "cpu" or isinstance(cell, GRU):
@@ -569,14 +567,14 @@ def fused_scan(cell, params, xs_tm, carry, lengths, *, reverse: bool, unroll: in
   Returns:
     ``(final_carry, ys [T, B, H])``.
   """
-  T, B, I = xs_tm.shape
+  T = xs_tm.shape[0]
   extra = None
   if isinstance(cell, GRU):
     extra = _cast(params["b_hn"], cell.dtype)
   if lengths is not None:
     lengths = jnp.clip(lengths, 0, T)
   if projection is None:
-    projection = choose_projection(cell, B, I)
+    projection = choose_projection(cell)
   if projection not in ("inloop", "hoisted"):
     raise ValueError(f"projection must be 'inloop' or 'hoisted', got {projection!r}.")
   st = _Static(cell, bool(reverse), int(unroll), _analytic(cell), projection)

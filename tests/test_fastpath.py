@@ -79,7 +79,8 @@ CELLS = {
 
 
 # (cell, lengths?, reverse?, projection): the in-loop projection is the CPU
-# default, the hoisted one the GPU/TPU default; both are tested here.
+# default of the SimpleRNN and the LSTM, the hoisted one that of the GRU and of
+# GPU/TPU; both are tested here for every cell.
 CASES = [("simple_tanh", False, False, "inloop"), ("simple_tanh", True, True, "hoisted"),
          ("irnn_relu", True, False, "inloop"),
          ("lstm", False, False, "inloop"), ("lstm", True, True, "inloop"),
@@ -171,11 +172,11 @@ def test_dispatch_and_errors():
   assert "custom_vjp" in jaxpr()                       # auto -> fused for LSTM
   assert "custom_vjp" not in jaxpr(impl="reference")
   assert "custom_vjp" in jaxpr(input_projection="hoisted")
-  assert _fused.choose_projection(lstm, 16, 32, backend="cpu") == "inloop"
-  assert _fused.choose_projection(lstm, 16, 32, backend="gpu") == "hoisted"
-  assert _fused.choose_projection(rj.GRU(64), 16, 32, backend="cpu") == "hoisted"
-  assert _fused.choose_projection(rj.SimpleRNN(64), 16, 32, backend="cpu") == "inloop"
-  assert _fused.choose_projection(rj.GRU(512), 256, 256, backend="cpu") == "hoisted"
+  assert _fused.choose_projection(lstm, backend="cpu") == "inloop"
+  assert _fused.choose_projection(lstm, backend="gpu") == "hoisted"
+  assert _fused.choose_projection(rj.GRU(64), backend="cpu") == "hoisted"
+  assert _fused.choose_projection(rj.SimpleRNN(64), backend="cpu") == "inloop"
+  assert _fused.choose_projection(rj.GRU(512), backend="cpu") == "hoisted"
   jordan = rj.JordanRNN(4, output_size=2)
   pj = jordan.init(jax.random.key(0), 3)
   assert not _fused.supports(jordan)
