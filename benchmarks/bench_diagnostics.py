@@ -14,7 +14,7 @@ Compile time is measured separately (``jit(...).lower(...).compile()``);
 run time is the median of repeated calls after one warm-up call, each
 synchronised with ``block_until_ready`` (when the warm-up call takes over
 5 s, it is the one timed call). BLAS runs single-threaded (see
-``rnnjax._diag_core.single_threaded_blas``). The ``max|dlog|`` column is
+``rnnjax.diagnostics._core.single_threaded_blas``). The ``max|dlog|`` column is
 ``max_i |log||A_i|| - log||A_i||_exact|`` over the entries finite in both
 (Frobenius reference for Hutchinson); ``non-finite`` counts the entries a
 method returned as ``-inf``/``inf``/NaN (the jacrev reference underflows to 0
@@ -40,7 +40,7 @@ import numpy as np
 
 import rnnjax as rj
 from rnnjax import diagnostics as rd
-from rnnjax._diag_core import single_threaded_blas
+from rnnjax.diagnostics._core import single_threaded_blas
 
 
 def _jacrev_norms(cell, params, xs, ord=2):

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 import rnnjax as rj
-from rnnjax import _tasks
+from rnnjax.train import _tasks
 
 
 def add_arguments(parser):
@@ -29,7 +29,7 @@ def add_arguments(parser):
   parser.add_argument("--out", default="rnnjax_out", help="folder for PNG output")
 
 
-# The generator lives in rnnjax._tasks (rnnjax.train.binary_addition); same signature as before.
+# The generator lives in rnnjax.train._tasks (rnnjax.train.binary_addition); same signature as before.
 binary_addition_batch = _tasks.binary_addition_arrays
 
 

@@ -20,7 +20,7 @@ def main(argv=None) -> int:
   from rnnjax import _demo
   _demo.add_arguments(p_demo)
   p_diag = sub.add_parser("diagnose", help="gradient diagnostics for one cell")
-  from rnnjax import _diagnose_cli
+  from rnnjax.diagnostics import _cli as _diagnose_cli
   _diagnose_cli.add_arguments(p_diag)
   args = parser.parse_args(argv)
   if args.command == "demo":

@@ -14,7 +14,7 @@ from scipy.stats import norm as normal
 
 import rnnjax as rj
 from rnnjax import train
-from rnnjax._optim import find_state
+from rnnjax.train._optim import find_state
 
 
 def _tree(seed, scale=1.0):

@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import _diag_core as core
-from rnnjax import _diag_saturation as sat_mod
-from rnnjax._diag_jacobians import (_find_output_leaf, adjoint_norms, check_method_ord,
+from rnnjax.diagnostics import _core as core
+from rnnjax.diagnostics import _saturation as sat_mod
+from rnnjax.diagnostics._jacobians import (_find_output_leaf, adjoint_norms, check_method_ord,
                                     exact_backward, jacobian_norms)
-from rnnjax._diag_lyapunov import forward_pass, lyapunov_exponents
-from rnnjax._diag_saturation import saturation
+from rnnjax.diagnostics._lyapunov import forward_pass, lyapunov_exponents
+from rnnjax.diagnostics._saturation import saturation
 from rnnjax._layers import Stack, last_valid
 
 

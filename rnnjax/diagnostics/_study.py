@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._cells import GRU, IRNN, LSTM, JordanRNN, SimpleRNN
-from rnnjax._diag_report import diagnose, summary_table
+from rnnjax.diagnostics._report import diagnose, summary_table
 
 STUDY_CELLS = ("sigmoid", "tanh", "irnn", "lstm", "gru")
 """The cells of :func:`vanishing_study` by default."""
@@ -69,7 +69,7 @@ def _resolve_cells(cells, hidden):
     elif isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str):
       out.append(c)
     elif callable(c) and hasattr(c, "init"):
-      from rnnjax._diag_report import cell_label
+      from rnnjax.diagnostics._report import cell_label
       out.append((cell_label(c), c))
     else:
       raise TypeError(f"cells entries must be names {CELL_NAMES}, (label, cell) pairs or "
@@ -118,7 +118,7 @@ def vanishing_study(*, T=100, hidden=32, batch=8, seed=0, out_dir="rnnjax_out", 
           f"norm < {reports[0].fraction:g}; {elapsed:.1f} s)")
   path = None
   if out_dir is not None:
-    from rnnjax._diag_plot import plot_gradient_norms
+    from rnnjax.diagnostics._plot import plot_gradient_norms
     try:
       path = plot_gradient_norms(
           reports, os.path.join(out_dir, "vanishing_gradients.png"),

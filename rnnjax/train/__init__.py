@@ -34,30 +34,30 @@ gradients as options, and watch the gradients live::
   resume, data parallelism over all devices); :func:`gradient_stats`.
 """
 
-from rnnjax._gradstats import gradient_stats as gradient_stats
-from rnnjax._loop import FitResult as FitResult
-from rnnjax._loop import TrainState as TrainState
-from rnnjax._loop import fit as fit
-from rnnjax._loop import make_train_step as make_train_step
-from rnnjax._losses import LOSSES as LOSSES
-from rnnjax._losses import accuracy as accuracy
-from rnnjax._losses import binary_cross_entropy as binary_cross_entropy
-from rnnjax._losses import cross_entropy as cross_entropy
-from rnnjax._losses import model_loss as model_loss
-from rnnjax._losses import mse as mse
-from rnnjax._optim import OPTIMIZERS as OPTIMIZERS
-from rnnjax._optim import ClipByGlobalNormState as ClipByGlobalNormState
-from rnnjax._optim import clip_by_global_norm as clip_by_global_norm
-from rnnjax._optim import global_norm as global_norm
-from rnnjax._optim import l1_penalty as l1_penalty
-from rnnjax._optim import l2_penalty as l2_penalty
-from rnnjax._optim import optimizer as optimizer
-from rnnjax._optim import weight_clip as weight_clip
-from rnnjax._tasks import Batch as Batch
-from rnnjax._tasks import adding_problem as adding_problem
-from rnnjax._tasks import binary_addition as binary_addition
-from rnnjax._tasks import copy_task as copy_task
-from rnnjax._tasks import sequence_classification as sequence_classification
+from rnnjax.diagnostics._gradstats import gradient_stats as gradient_stats
+from rnnjax.train._loop import FitResult as FitResult
+from rnnjax.train._loop import TrainState as TrainState
+from rnnjax.train._loop import fit as fit
+from rnnjax.train._loop import make_train_step as make_train_step
+from rnnjax.train._losses import LOSSES as LOSSES
+from rnnjax.train._losses import accuracy as accuracy
+from rnnjax.train._losses import binary_cross_entropy as binary_cross_entropy
+from rnnjax.train._losses import cross_entropy as cross_entropy
+from rnnjax.train._losses import model_loss as model_loss
+from rnnjax.train._losses import mse as mse
+from rnnjax.train._optim import OPTIMIZERS as OPTIMIZERS
+from rnnjax.train._optim import ClipByGlobalNormState as ClipByGlobalNormState
+from rnnjax.train._optim import clip_by_global_norm as clip_by_global_norm
+from rnnjax.train._optim import global_norm as global_norm
+from rnnjax.train._optim import l1_penalty as l1_penalty
+from rnnjax.train._optim import l2_penalty as l2_penalty
+from rnnjax.train._optim import optimizer as optimizer
+from rnnjax.train._optim import weight_clip as weight_clip
+from rnnjax.train._tasks import Batch as Batch
+from rnnjax.train._tasks import adding_problem as adding_problem
+from rnnjax.train._tasks import binary_addition as binary_addition
+from rnnjax.train._tasks import copy_task as copy_task
+from rnnjax.train._tasks import sequence_classification as sequence_classification
 
 __all__ = [
     "Batch", "ClipByGlobalNormState", "FitResult", "LOSSES", "OPTIMIZERS", "TrainState",

@@ -45,9 +45,9 @@ import numpy as np
 import optax
 
 from rnnjax import _checks
-from rnnjax._losses import model_loss, unpack_batch
-from rnnjax._optim import ClipByGlobalNormState, find_state, global_norm
-from rnnjax._sharding import DataParallel
+from rnnjax.train._losses import model_loss, unpack_batch
+from rnnjax.train._optim import ClipByGlobalNormState, find_state, global_norm
+from rnnjax.train._sharding import DataParallel
 
 
 class TrainState(NamedTuple):
@@ -304,7 +304,7 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
       when stderr is a terminal.
     devices: devices for data parallelism (default ``jax.devices()``, all of
       them): params replicated, batch split on axis 0 (see
-      ``rnnjax._sharding``); the batch size must be divisible by the number
+      ``rnnjax.train._sharding``); the batch size must be divisible by the number
       of (local) devices.
     adjoint_every: every this many updates record ``adjoint_norms``, the
       batch-mean ``||dL/dh_t||`` of the first recurrent layer (models only).
@@ -373,7 +373,7 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
   t_first, side_seconds = None, 0.0
   try:
     if checkpoint_dir is not None:
-      from rnnjax._checkpoint import Checkpointer
+      from rnnjax.train._checkpoint import Checkpointer
       ckpt = Checkpointer(checkpoint_dir, keep=keep)
       latest = ckpt.latest_step()
       if latest is not None and not resume:
@@ -483,7 +483,7 @@ def _adjoint_fn(model, loss_name):
     raise ValueError("adjoint_every needs rnnjax.diagnostics.adjoint_norms, which is not "
                      f"available: {e}") from e
   from rnnjax._layers import Bidirectional, SequenceModel, last_valid
-  from rnnjax._losses import LOSSES
+  from rnnjax.train._losses import LOSSES
   if not isinstance(model, SequenceModel) or isinstance(model.layers[0], Bidirectional):
     raise ValueError("adjoint_every needs an rnnjax.SequenceModel whose first layer is a cell "
                      f"or a Stack, got {type(model).__name__}.")

@@ -48,7 +48,7 @@ Functions
 * :func:`lyapunov_exponents` -- ``[*B, k]``: Benettin's QR method,
   ``J_t Q_{t-1} = Q_t R_t``, ``lambda_j = mean_t log R_t[j, j]``.
 * :func:`saturation` -- saturated fraction and mean derivative per gate
-  (thresholds in :mod:`rnnjax._diag_saturation`: sigmoid outside
+  (thresholds in :mod:`rnnjax.diagnostics._saturation`: sigmoid outside
   [0.1, 0.9], ``|tanh| > 0.9``, ReLU off).
 * :func:`diagnose` -> :class:`Report` -- all of the above with a decay rate
   (slope of log norm vs lag), memory horizon (first lag with norm below
@@ -60,7 +60,7 @@ Functions
   init on the adding problem: a table and a PNG (``rnnjax demo``, step 2).
 * :func:`gradient_stats` -- for the training loop: global and per-parameter
   gradient norms and whether global-norm clipping fired (from
-  :mod:`rnnjax._gradstats`, used by ``rnnjax.train``).
+  :mod:`rnnjax.diagnostics._gradstats`, used by ``rnnjax.train``).
 
 Example::
 
@@ -73,20 +73,20 @@ Example::
   rd.jacobian_norms(cell, params, xs, method="hutchinson", ord="fro", log=True)  # [8, 200]
 """
 
-from rnnjax._diag_core import leaf_names as leaf_names
-from rnnjax._diag_jacobians import adjoint_norms as adjoint_norms
-from rnnjax._diag_jacobians import jacobian_norms as jacobian_norms
-from rnnjax._diag_jacobians import step_jacobians as step_jacobians
-from rnnjax._diag_lyapunov import lyapunov_exponents as lyapunov_exponents
-from rnnjax._diag_plot import plot_gradient_norms as plot_gradient_norms
-from rnnjax._diag_report import Report as Report
-from rnnjax._diag_report import diagnose as diagnose
-from rnnjax._diag_report import summary_table as summary_table
-from rnnjax._diag_saturation import GateSaturation as GateSaturation
-from rnnjax._diag_saturation import saturation as saturation
-from rnnjax._diag_study import adding_inputs as adding_inputs
-from rnnjax._diag_study import vanishing_study as vanishing_study
-from rnnjax._gradstats import gradient_stats as gradient_stats
+from rnnjax.diagnostics._core import leaf_names as leaf_names
+from rnnjax.diagnostics._jacobians import adjoint_norms as adjoint_norms
+from rnnjax.diagnostics._jacobians import jacobian_norms as jacobian_norms
+from rnnjax.diagnostics._jacobians import step_jacobians as step_jacobians
+from rnnjax.diagnostics._lyapunov import lyapunov_exponents as lyapunov_exponents
+from rnnjax.diagnostics._plot import plot_gradient_norms as plot_gradient_norms
+from rnnjax.diagnostics._report import Report as Report
+from rnnjax.diagnostics._report import diagnose as diagnose
+from rnnjax.diagnostics._report import summary_table as summary_table
+from rnnjax.diagnostics._saturation import GateSaturation as GateSaturation
+from rnnjax.diagnostics._saturation import saturation as saturation
+from rnnjax.diagnostics._study import adding_inputs as adding_inputs
+from rnnjax.diagnostics._study import vanishing_study as vanishing_study
+from rnnjax.diagnostics._gradstats import gradient_stats as gradient_stats
 
 __all__ = [
     "GateSaturation", "Report", "adding_inputs", "adjoint_norms", "diagnose",

@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax._optim import global_norm as _global_norm
+from rnnjax.train._optim import global_norm as _global_norm
 
 
 def _path_name(path) -> str:

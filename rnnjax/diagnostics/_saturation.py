@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax import _diag_core as core
+from rnnjax.diagnostics import _core as core
 from rnnjax._cells import GRU, LSTM, JordanRNN, LSTMCarry, SimpleRNN, _cast
 from rnnjax._layers import Stack
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._cells import GRU, LSTM, JordanRNN, SimpleRNN
-from rnnjax._interop_torch import _as_numpy, _fused_weights
+from rnnjax.interop._torch import _as_numpy, _fused_weights
 
 _GATES = {"LSTMCell": "ifgo", "OptimizedLSTMCell": "ifgo", "GRUCell": "rzn",
           "SimpleCell": None}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import _diag_core as core
+from rnnjax.diagnostics import _core as core
 
 
 def forward_pass(step, s0, xs, length, noise, *, k, warmup, observe=None):
@@ -88,7 +88,7 @@ def lyapunov_exponents(cell, params, xs, carry=None, *, k=None, warmup=0, length
 
   QR re-orthonormalisation (Benettin et al. 1980) of ``k`` tangent vectors
   pushed through the step with ``jax.jvp`` (equations in the module doc of
-  :mod:`rnnjax._diag_lyapunov` / :mod:`rnnjax.diagnostics`). The state is the
+  :mod:`rnnjax.diagnostics._lyapunov` / :mod:`rnnjax.diagnostics`). The state is the
   full carry (all leaves flattened, ``D = sum S_j``): the map acts on all of
   it. A negative largest exponent means perturbations of the state shrink
   like ``exp(lambda_1 t)`` along the trajectory (vanishing gradients); a

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import _diag_core as core
+from rnnjax.diagnostics import _core as core
 
 _METHODS = ("exact", "power", "hutchinson")
 _ORDS = (2, -2, 1, -1, np.inf, -np.inf, "fro", "nuc")

@@ -11,7 +11,7 @@
 
 Cells without an equivalent (``JordanRNN``; ``GRU(reset_after=False)``) raise
 a TypeError / ValueError that says so. Layouts and bias bookkeeping are in the
-docstrings of ``rnnjax._interop_torch`` and ``rnnjax._interop_flax``.
+docstrings of ``rnnjax.interop._torch`` and ``rnnjax.interop._flax``.
 
 Example::
 
@@ -22,9 +22,9 @@ Example::
   carry, ys = rj.scan(cell, params, xs)      # == tl(torch.from_numpy(xs))
 """
 
-from rnnjax._interop_flax import from_flax as from_flax
-from rnnjax._interop_flax import to_flax as to_flax
-from rnnjax._interop_torch import from_torch as from_torch
-from rnnjax._interop_torch import to_torch as to_torch
+from rnnjax.interop._flax import from_flax as from_flax
+from rnnjax.interop._flax import to_flax as to_flax
+from rnnjax.interop._torch import from_torch as from_torch
+from rnnjax.interop._torch import to_torch as to_torch
 
 __all__ = ["from_flax", "from_torch", "to_flax", "to_torch"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from rnnjax._diag_study import CELL_NAMES
+from rnnjax.diagnostics._study import CELL_NAMES
 
 
 def add_arguments(parser):
@@ -58,8 +58,8 @@ def run(args) -> int:
   names = _check(args)
   import jax
 
-  from rnnjax import _diag_study as study
-  from rnnjax._diag_report import diagnose, summary_table
+  from rnnjax.diagnostics import _study as study
+  from rnnjax.diagnostics._report import diagnose, summary_table
 
   key = jax.random.key(args.seed)
   kx, kp, kd = jax.random.split(key, 3)
@@ -87,7 +87,7 @@ def run(args) -> int:
   print()
   print(summary_table(reports))
   if not args.no_plot:
-    from rnnjax._diag_plot import plot_gradient_norms
+    from rnnjax.diagnostics._plot import plot_gradient_norms
     path = os.path.join(args.out, "diagnose_" + "_".join(names) + ".png")
     try:
       plot_gradient_norms(reports, path, title=f"Gradient norms by lag at init (T={args.T}, "
