@@ -1,6 +1,6 @@
 """rnnjax: pure-function recurrent networks for JAX.
 
-Cells (``SimpleRNN``, ``IRNN``, ``JordanRNN``, ``LSTM``, ``GRU``) are pure
+Cells (``SimpleRNN``, ``IRNN``, ``IndRNN``, ``JordanRNN``, ``LSTM``, ``GRU``) are pure
 ``step(params, carry, x) -> (carry, y)`` functions with static, hashable
 config; :func:`scan` runs them over time with ``jax.lax.scan``. Layers
 (:class:`Stack`, :class:`Bidirectional`, :class:`Dense`,
@@ -15,6 +15,10 @@ from rnnjax._activations import Activation as Activation
 from rnnjax._activations import get_activation as get_activation
 from rnnjax._cells import GRU as GRU
 from rnnjax._cells import IRNN as IRNN
+from rnnjax._cells import IndRNN as IndRNN
+from rnnjax._cells import FusedParams as FusedParams
+from rnnjax._cells import GatesVJP as GatesVJP
+from rnnjax._cells import NamedGate as NamedGate
 from rnnjax._cells import JordanRNN as JordanRNN
 from rnnjax._cells import LSTM as LSTM
 from rnnjax._cells import LSTMCarry as LSTMCarry
@@ -27,15 +31,17 @@ from rnnjax._layers import Dense as Dense
 from rnnjax._layers import SequenceModel as SequenceModel
 from rnnjax._layers import Stack as Stack
 from rnnjax._layers import last_valid as last_valid
+from rnnjax._scan import auto_plan as auto_plan
 from rnnjax._scan import default_input_projection as default_input_projection
 from rnnjax._scan import scan as scan
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Bidirectional", "Dense", "GRU", "INITIALIZERS",
-    "IRNN", "Initializer", "JordanRNN", "LSTM", "LSTMCarry", "RNNCell",
-    "SequenceModel", "SimpleRNN", "Stack", "default_input_projection",
+    "ACTIVATIONS", "Activation", "Bidirectional", "Dense", "FusedParams", "GRU", "GatesVJP",
+    "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LSTM", "LSTMCarry",
+    "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack", "auto_plan",
+    "default_input_projection",
     "get_activation", "last_valid", "scan",
 ]
 

@@ -106,3 +106,27 @@ def check_lengths(lengths, batch_shape, num_steps: int, argname: str = "lengths"
           f"{argname} must be <= the number of time steps T={num_steps}, "
           f"got a maximum of {arr.max()}.")
   return lengths
+
+
+def check_batch_shape(batch_shape, argname: str = "batch_shape") -> tuple:
+  """A tuple of non-negative ints (one int is read as a 1-tuple)."""
+  if isinstance(batch_shape, (int, np.integer)) and not isinstance(batch_shape, bool):
+    batch_shape = (int(batch_shape),)
+  try:
+    dims = tuple(batch_shape)
+  except TypeError:
+    raise TypeError(f"{argname} must be a tuple of non-negative ints, got "
+                    f"{type(batch_shape).__name__}: {batch_shape!r}.") from None
+  for d in dims:
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+      raise TypeError(f"{argname} must be a tuple of non-negative ints, got {batch_shape!r}.")
+    if d < 0:
+      raise ValueError(f"{argname} must be a tuple of non-negative ints, got {batch_shape!r}.")
+  return tuple(int(d) for d in dims)
+
+
+def check_real_number(value, argname: str) -> float:
+  """A real (int or float, not bool) Python or NumPy scalar; returns it as a float."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{argname} must be a real number, got {type(value).__name__}: {value!r}.")
+  return float(value)

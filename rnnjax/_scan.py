@@ -21,22 +21,26 @@ Both give the same values and gradients (tested).
 
 Implementation (``impl``):
 
-* ``"fused"`` (rnnjax/_fused.py): SimpleRNN/IRNN, LSTM and GRU
-  (``reset_after=True``). A custom VJP whose backward loop does per step only
-  the gate derivative and one ``[B, G*H] x [G*H, H]`` dot, emits the per-step
-  gate gradients, and computes ``dW_h``, ``dW_i``, ``db`` and ``dx`` as single
-  large matmuls after the loop; for sigmoid/tanh/relu/identity activations the
-  forward keeps the activated gates so that the backward needs no
-  recomputation. With ``input_projection="auto"`` it picks, on CPU, an
-  in-loop ``[x_t, h] @ [W_i; W_h]`` matmul (one dot per step, no hoisted
-  ``[T, B, G*H]`` array) for the SimpleRNN and the LSTM and the hoisted
-  projection for the GRU (``_fused.choose_projection``), and on GPU/TPU the
-  hoisted projection, pre-split per gate. Measured in benchmarks/RESULTS.md.
+* ``"fused"`` (rnnjax/_fused.py): every cell of the protocol (rnnjax/_cells.py).
+  A custom VJP whose backward loop does per step only the gate derivative and
+  one ``[B, K*H] x [K*H, S]`` dot, emits the per-step gate gradients, and
+  computes the weight, bias and input gradients as single large matmuls after
+  the loop. With ``input_projection="auto"`` the projection is
+  :func:`rnnjax._fused.choose_projection`'s (on CPU in-loop where every
+  pre-activation block has both sides, e.g. SimpleRNN and LSTM; hoisted for
+  the GRU and on GPU/TPU).
 * ``"reference"``: a plain ``lax.scan`` of ``cell(params, carry, x)``
   (``input_projection`` as above), differentiated by JAX. Any cell.
-* ``"auto"`` (default): ``"fused"`` when the cell is supported, else
-  ``"reference"``; a GRU with ``hidden_size >= 256`` takes ``"reference"``,
-  which measured faster there on XLA:CPU (``_fused.auto_prefers``).
+* ``"auto"`` (default): ``"fused"`` when the cell supports it and
+  ``cell.prefers_fused(backend)`` (every cell but the Jordan network, the
+  reset-before GRU and a GRU with ``hidden_size > GRU_FUSED_MAX_HIDDEN``,
+  which measured faster on the reference path on XLA:CPU), else
+  ``"reference"``. :func:`auto_plan` tells which, and
+  :func:`default_input_projection` the projection it uses.
+
+Padding (steps ``t >= lengths[b]``) influences nothing, values or gradients:
+the inputs there are replaced by zeros before any arithmetic
+(``rnnjax/_layout.py``), so a NaN or Inf in padding stays harmless.
 
 The fused path is a ``jax.custom_vjp``: reverse mode (``grad``, ``vjp``,
 ``jacrev``, grad of grad) works; forward mode (``jvp``, ``jacfwd``,
@@ -48,7 +52,6 @@ Both implementations give the same values and gradients (tests/test_fastpath.py)
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import jax
@@ -57,21 +60,36 @@ import numpy as np
 
 from rnnjax import _checks
 from rnnjax import _fused
+from rnnjax import _layout
 
 _PROJECTIONS = ("auto", "hoisted", "inloop")
 _IMPLS = ("auto", "fused", "reference")
 
 
-def default_input_projection(backend: Optional[str] = None) -> str:
-  """The input-projection placement ``"auto"`` resolves to on ``backend``."""
+def auto_plan(cell, backend: Optional[str] = None) -> tuple:
+  """``(impl, input_projection)`` that ``impl="auto"`` and ``input_projection="auto"`` run.
+
+  ``("fused", _fused.choose_projection(cell))`` when the fused path supports
+  the cell and ``cell.prefers_fused(backend)``; else ``("reference", p)``
+  with ``p`` ``"inloop"`` on CPU and ``"hoisted"`` elsewhere.
+  """
   backend = backend or jax.default_backend()
+  if _fused.supports(cell) and cell.prefers_fused(backend):
+    return "fused", _fused.choose_projection(cell, backend)
+  return "reference", "inloop" if backend == "cpu" else "hoisted"
+
+
+def default_input_projection(backend: Optional[str] = None, cell=None) -> str:
+  """The input-projection placement ``"auto"`` resolves to on ``backend``.
+
+  With ``cell``: the placement :func:`rnnjax.scan` uses for it with
+  ``impl="auto"`` (:func:`auto_plan`). Without: the reference path's
+  placement, ``"inloop"`` on CPU and ``"hoisted"`` elsewhere.
+  """
+  backend = backend or jax.default_backend()
+  if cell is not None:
+    return auto_plan(cell, backend)[1]
   return "inloop" if backend == "cpu" else "hoisted"
-
-
-def _tree_where(mask, new, old):
-  return jax.tree_util.tree_map(
-      lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - mask.ndim)), n, o),
-      new, old)
 
 
 def _params_dtype(params):
@@ -82,7 +100,10 @@ def _params_dtype(params):
 
 
 def _split_sequence_shapes(cell, params, xs, time_major):
-  """Validates xs and returns (batch_shape, T)."""
+  """Validates cell, params and xs and returns (batch_shape, T)."""
+  if not callable(cell) or not hasattr(cell, "initial_carry"):
+    raise TypeError(f"cell must be an rnnjax cell (callable as cell(params, carry, x), with "
+                    f"initial_carry), got {type(cell).__name__}: {cell!r}.")
   if not hasattr(xs, "ndim"):
     raise TypeError(f"xs must be an array, got {type(xs).__name__}.")
   if xs.ndim < 2:
@@ -107,12 +128,14 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     cell: an rnnjax cell (anything with ``initial_carry`` and
       ``__call__(params, carry, x)``; ``input_projection``/``recurrent_step``
       are used when present).
-    params: the cell's parameters.
+    params: the cell's parameters (checked against ``cell.init``'s structure
+      and shapes when the cell has ``check_params``).
     xs: ``[*B, T, I]`` (or ``[T, *B, I]`` with ``time_major=True``).
     carry: initial carry; default ``cell.initial_carry(B)`` (zeros).
     lengths: optional int ``[*B]``. Steps ``t >= lengths[b]`` leave sequence
       b's carry unchanged and write zeros to its outputs; the final carry is
-      the carry after its last valid step. With ``reverse=True`` each sequence
+      the carry after its last valid step; inputs there influence nothing
+      (values or gradients, even NaN). With ``reverse=True`` each sequence
       is read backwards *within its own length* (steps ``L-1, ..., 0``) and
       padding stays at the end. Range is checked when concrete; under ``jit``
       values outside [0, T] act as if clipped.
@@ -132,8 +155,8 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
   if impl == "fused" and not _fused.supports(cell):
     raise ValueError(
-        f"impl='fused' does not support {type(cell).__name__} (supported: SimpleRNN, "
-        "IRNN, LSTM, GRU(reset_after=True)); use impl='auto' or 'reference'.")
+        f"impl='fused' does not support {type(cell).__name__} (it runs the rnnjax cells built "
+        "on the cell protocol, not Stack or custom steps); use impl='auto' or 'reference'.")
   if input_projection not in _PROJECTIONS:
     raise ValueError(f"input_projection must be one of {_PROJECTIONS}, got {input_projection!r}.")
   if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
@@ -148,20 +171,15 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
   if lengths is not None:
     lengths = _checks.check_lengths(lengths, batch_shape, T)
 
-  # Flatten the batch dims to one (or none) and go time-major.
   nb = len(batch_shape)
-  bsize = math.prod(batch_shape) if nb else None
-  if time_major:
-    xs_tm = xs.reshape((T,) + ((bsize,) if nb else ()) + xs.shape[-1:])
-  else:
-    xs_tm = xs.reshape(((bsize,) if nb else ()) + (T,) + xs.shape[-1:])
-    if nb:
-      xs_tm = jnp.swapaxes(xs_tm, 0, 1)
-  flat_carry = jax.tree_util.tree_map(
-      lambda c: c.reshape(((bsize,) if nb else ()) + c.shape[-1:]), carry)
-  flat_len = None if lengths is None else jnp.reshape(lengths, (bsize,) if nb else ())
+  xs_tm = _layout.to_flat_time_major(xs, batch_shape, T, time_major)
+  flat_carry = _layout.flatten_batch(carry, batch_shape)
+  flat_len = None if lengths is None else jnp.reshape(lengths, (-1,) if nb else ())
+  # Padding influences nothing: zero the inputs there before any arithmetic.
+  xs_tm = _layout.mask_padding(xs_tm, flat_len)
 
-  use_fused = impl == "fused" or (impl == "auto" and _fused.auto_prefers(cell))
+  plan_impl, plan_proj = auto_plan(cell)
+  use_fused = impl == "fused" or (impl == "auto" and plan_impl == "fused")
   if use_fused:
     if not nb:  # a single unbatched sequence: a batch of one
       xs_tm = xs_tm[:, None]
@@ -173,12 +191,12 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     if not nb:
       ys = ys[:, 0]
       final = jax.tree_util.tree_map(lambda c: c[0], final)
-    return _restore_layout(final, ys, batch_shape, T, time_major)
+    return _layout.restore_layout(final, ys, batch_shape, T, time_major)
 
   split = hasattr(cell, "input_projection") and hasattr(cell, "recurrent_step")
   mode = input_projection
   if mode == "auto":
-    mode = default_input_projection()
+    mode = "inloop" if jax.default_backend() == "cpu" else "hoisted"
   if not split:
     mode = "none"
 
@@ -193,33 +211,15 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     step = lambda c, s: cell(params, c, s)
 
   if flat_len is None:
-    def body(c, s):
-      return step(c, s)
-    final, ys = jax.lax.scan(body, flat_carry, seq, reverse=reverse, unroll=unroll)
+    final, ys = jax.lax.scan(step, flat_carry, seq, reverse=reverse, unroll=unroll)
   else:
-    ts = jnp.arange(T, dtype=flat_len.dtype)
+    masks = _layout.step_masks(flat_len, T)
 
     def body(c, inp):
-      s, t = inp
+      s, m = inp
       new_c, y = step(c, s)
-      mask = t < flat_len
-      new_c = _tree_where(mask, new_c, c)
-      y = jnp.where(mask.reshape(mask.shape + (1,) * (y.ndim - mask.ndim)), y, jnp.zeros_like(y))
-      return new_c, y
-    final, ys = jax.lax.scan(body, flat_carry, (seq, ts), reverse=reverse, unroll=unroll)
+      return _layout.tree_where(m, new_c, c), jnp.where(_layout.broadcast_mask(m, y), y,
+                                                        jnp.zeros_like(y))
+    final, ys = jax.lax.scan(body, flat_carry, (seq, masks), reverse=reverse, unroll=unroll)
 
-  return _restore_layout(final, ys, batch_shape, T, time_major)
-
-
-def _restore_layout(final, ys, batch_shape, T, time_major):
-  """Time-major flat-batch results back to the caller's layout."""
-  nb = len(batch_shape)
-  if nb:
-    if not time_major:
-      ys = jnp.swapaxes(ys, 0, 1)
-      ys = ys.reshape(batch_shape + (T,) + ys.shape[-1:])
-    else:
-      ys = ys.reshape((T,) + batch_shape + ys.shape[-1:])
-  final = jax.tree_util.tree_map(
-      lambda c: c.reshape(batch_shape + c.shape[-1:]), final)
-  return final, ys
+  return _layout.restore_layout(final, ys, batch_shape, T, time_major)

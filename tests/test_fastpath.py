@@ -95,7 +95,7 @@ CASES = [("simple_tanh", False, False, "inloop"), ("simple_tanh", True, True, "h
                               for n, l, r, p in CASES])
 def test_fused_matches_reference(x64, name, use_lengths, reverse, projection):
   cell = CELLS[name]()
-  assert _fused.supports(cell) and _fused._analytic(cell)
+  assert _fused.supports(cell) and cell.custom_gates_vjp() is not None
   _assert_same(_both(cell, jnp.asarray(LENGTHS) if use_lengths else None, reverse,
                      projection=projection))
 
@@ -105,10 +105,19 @@ def test_fused_matches_reference(x64, name, use_lengths, reverse, projection):
      "inloop"),
     (rj.GRU(H, gate_activation=lambda x: jax.nn.sigmoid(2.0 * x), param_dtype=jnp.float64),
      "hoisted"),
-], ids=["lstm-hard-sigmoid-elu", "gru-callable"])
+    # Cells without a hand-written gate VJP: the engine differentiates their gates.
+    (rj.LSTM(H, peephole=True, param_dtype=jnp.float64), "inloop"),
+    (rj.LSTM(H, peephole=True, param_dtype=jnp.float64), "hoisted"),
+    (rj.IndRNN(H, param_dtype=jnp.float64), "hoisted"),
+    (rj.IndRNN(H, activation="tanh", recurrent_clip=0.5, param_dtype=jnp.float64), "inloop"),
+    (rj.JordanRNN(H, output_size=2, param_dtype=jnp.float64), "inloop"),
+    (rj.GRU(H, reset_after=False, param_dtype=jnp.float64), "hoisted"),
+    (rj.SimpleRNN(H, activation="elu", param_dtype=jnp.float64), "inloop"),
+], ids=["lstm-hard-sigmoid-elu", "gru-callable", "peephole-inloop", "peephole-hoisted",
+        "indrnn-relu", "indrnn-tanh-clip", "jordan", "gru-reset-before", "simple-elu"])
 def test_generic_backward_matches_reference(x64, cell, projection):
-  """Activations without a hand-written derivative take the generic (VJP) backward."""
-  assert _fused.supports(cell) and not _fused._analytic(cell)
+  """Cells and activations without a hand-written derivative take the generic (VJP) backward."""
+  assert _fused.supports(cell) and cell.custom_gates_vjp() is None
   _assert_same(_both(cell, jnp.asarray(LENGTHS), True, projection=projection))
 
 
@@ -177,13 +186,22 @@ def test_dispatch_and_errors():
   assert _fused.choose_projection(rj.GRU(64), backend="cpu") == "hoisted"
   assert _fused.choose_projection(rj.SimpleRNN(64), backend="cpu") == "inloop"
   assert _fused.choose_projection(rj.GRU(512), backend="cpu") == "hoisted"
+  assert _fused.choose_projection(rj.IndRNN(64), backend="cpu") == "hoisted"
   jordan = rj.JordanRNN(4, output_size=2)
   pj = jordan.init(jax.random.key(0), 3)
-  assert not _fused.supports(jordan)
-  assert not _fused.supports(rj.GRU(4, reset_after=False))
+  # Every protocol cell runs fused; auto keeps Jordan and the reset-before GRU on the reference path.
+  assert _fused.supports(jordan) and _fused.supports(rj.GRU(4, reset_after=False))
+  assert rj.auto_plan(jordan, "cpu") == ("reference", "inloop")
+  assert rj.auto_plan(rj.GRU(4), "cpu") == ("fused", "hoisted")
+  assert rj.auto_plan(rj.GRU(256), "cpu") == ("reference", "inloop")
+  assert rj.auto_plan(rj.IndRNN(4), "cpu") == ("fused", "hoisted")
+  assert rj.default_input_projection("cpu", cell=rj.GRU(4)) == "hoisted"
+  assert rj.default_input_projection("cpu", cell=lstm) == "inloop"
   assert "custom_vjp" not in str(jax.make_jaxpr(lambda p, x: rj.scan(jordan, p, x))(pj, xs))
-  with pytest.raises(ValueError, match="impl='fused' does not support JordanRNN"):
-    rj.scan(jordan, pj, xs, impl="fused")
+  assert "custom_vjp" in str(jax.make_jaxpr(lambda p, x: rj.scan(jordan, p, x, impl="fused"))(pj, xs))
+  stack = rj.Stack([lstm, lstm])
+  with pytest.raises(ValueError, match="impl='fused' does not support Stack"):
+    rj.scan(stack, stack.init(jax.random.key(0), 3), xs, impl="fused")
   with pytest.raises(ValueError, match="impl must be one of"):
     rj.scan(lstm, params, xs, impl="fast")
 

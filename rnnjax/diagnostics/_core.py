@@ -24,6 +24,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from rnnjax import _checks
+from rnnjax import _layout
+from rnnjax._layout import mask_past_length as mask_past_length  # noqa: F401  (NaN past a length)
 from rnnjax._scan import _split_sequence_shapes
 
 
@@ -193,17 +195,6 @@ def forward_states(step, s0, xs, length):
   return s_in
 
 
-def mask_past_length(values, length, axis_T: int = 0):
-  """Sets entries with time index ``>= length`` to NaN (time on ``axis_T``)."""
-  if length is None:
-    return values
-  T = values.shape[axis_T]
-  valid = jnp.arange(T) < length
-  shape = [1] * values.ndim
-  shape[axis_T] = T
-  return jnp.where(valid.reshape(shape), values, jnp.nan)
-
-
 def safe_log(x):
   """``log(x)`` with ``log(0) = -inf`` and no NaN gradient concerns (values only)."""
   return jnp.log(jnp.where(x > 0, x, 0.0))
@@ -235,7 +226,7 @@ def per_sequence(fn, prep: Prepared, xs, *extra_batched):
     return fn(xs, prep.carry, prep.lengths, *[e[0] for e in extra_batched])
   bsize = math.prod(prep.batch_shape)
   xs_f = xs.reshape((bsize,) + xs.shape[-2:])
-  carry_f = jax.tree_util.tree_map(lambda c: c.reshape((bsize,) + c.shape[nb:]), prep.carry)
+  carry_f = _layout.flatten_batch(prep.carry, prep.batch_shape)
   len_f = None if prep.lengths is None else jnp.reshape(prep.lengths, (bsize,))
   out = jax.vmap(fn)(xs_f, carry_f, len_f, *extra_batched)
   return jax.tree_util.tree_map(lambda o: o.reshape(prep.batch_shape + o.shape[1:]), out)

@@ -17,18 +17,19 @@ anything else (elu, ...)   ``|act'(a)| < 0.1``
 =========================  ==================================================
 
 The mean derivative ``act'(a)`` is reported alongside (``sigmoid' <= 1/4``,
-``tanh' <= 1``: seed 000's reason why sigmoid RNNs forget).
+``tanh' <= 1``: the reason why sigmoid RNNs forget fast).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rnnjax.diagnostics import _core as core
-from rnnjax._cells import GRU, LSTM, JordanRNN, LSTMCarry, SimpleRNN, _cast
+from rnnjax._cells import RNNCell
 from rnnjax._layers import Stack
 
 
@@ -47,7 +48,11 @@ class GateSaturation(NamedTuple):
 
 
 def _gates(cell, params, carry, x):
-  """One step of ``cell`` that also returns ``[(name, pre_activation, activation)]``."""
+  """One step of ``cell`` that also returns ``[(name, pre_activation, activation)]``.
+
+  The gates come from the cell's own declaration (``cell.step_with_gates``,
+  the protocol of ``rnnjax/_cells.py``); a Stack prefixes them by layer.
+  """
   if isinstance(cell, Stack):
     new, out = [], []
     for l, (c, p, h) in enumerate(zip(cell.cells, params, carry)):
@@ -55,49 +60,12 @@ def _gates(cell, params, carry, x):
       new.append(h)
       out += [(f"layer{l}.{n}", a, act) for n, a, act in g]
     return tuple(new), x, out
-  dt = getattr(cell, "dtype", None)
-  if isinstance(cell, (SimpleRNN, JordanRNN, LSTM, GRU)):
-    cell.check_input(params, x)
-    xp = cell.input_projection(params, x)
-  if isinstance(cell, SimpleRNN):
-    pre = xp + _cast(carry, dt) @ _cast(params["w_h"], dt)
-    h = cell.activation(pre).astype(carry.dtype)
-    return h, h, [("h", pre, cell.activation)]
-  if isinstance(cell, JordanRNN):
-    hpre = xp + _cast(carry, dt) @ _cast(params["w_h"], dt)
-    h = cell.activation(hpre)
-    ypre = h @ _cast(params["w_o"], dt) + _cast(params["b_o"], dt)
-    y = cell.output_activation(ypre).astype(carry.dtype)
-    return y, y, [("h", hpre, cell.activation), ("y", ypre, cell.output_activation)]
-  if isinstance(cell, LSTM):
-    h, c = carry
-    H = cell.hidden_size
-    z = xp + _cast(h, dt) @ _cast(params["w_h"], dt)
-    zi, zf, zg, zo = (z[..., j * H:(j + 1) * H] for j in range(4))
-    ga, act = cell.gate_activation, cell.activation
-    c_new = ga(zf) * _cast(c, dt) + ga(zi) * act(zg)
-    h_new = (ga(zo) * act(c_new)).astype(h.dtype)
-    return (LSTMCarry(h_new, c_new.astype(c.dtype)), h_new,
-            [("i", zi, ga), ("f", zf, ga), ("g", zg, act), ("o", zo, ga), ("tanh_c", c_new, act)])
-  if isinstance(cell, GRU):
-    H = cell.hidden_size
-    hc = _cast(carry, dt)
-    w_h = _cast(params["w_h"], dt)
-    ga, act = cell.gate_activation, cell.activation
-    if cell.reset_after:
-      hp = hc @ w_h
-      zr, zz = xp[..., :H] + hp[..., :H], xp[..., H:2 * H] + hp[..., H:2 * H]
-      zn = xp[..., 2 * H:] + ga(zr) * (hp[..., 2 * H:] + _cast(params["b_hn"], dt))
-    else:
-      hp = hc @ w_h[:, :2 * H]
-      zr, zz = xp[..., :H] + hp[..., :H], xp[..., H:2 * H] + hp[..., H:2 * H]
-      zn = xp[..., 2 * H:] + (ga(zr) * hc) @ w_h[:, 2 * H:]
-    z = ga(zz)
-    h_new = ((1 - z) * act(zn) + z * hc).astype(carry.dtype)
-    return h_new, h_new, [("r", zr, ga), ("z", zz, ga), ("n", zn, act)]
-  raise TypeError(
-      f"saturation supports the rnnjax cells (SimpleRNN, IRNN, JordanRNN, LSTM, GRU) and "
-      f"Stack of them, got {type(cell).__name__}.")
+  if not supported(cell):
+    raise TypeError(
+        f"saturation needs a cell that declares its gates (an rnnjax.RNNCell) or a Stack of "
+        f"them, got {type(cell).__name__}.")
+  new, y, named = cell.step_with_gates(params, carry, x)
+  return new, y, [tuple(g) for g in named]
 
 
 def _saturated(act, pre):
@@ -118,24 +86,35 @@ def _saturated(act, pre):
 
 
 def supported(cell) -> bool:
-  """Whether :func:`saturation` knows the gates of ``cell``."""
+  """Whether :func:`saturation` knows the gates of ``cell`` (protocol cells and Stacks of them)."""
   cells = cell.cells if isinstance(cell, Stack) else (cell,)
-  return all(isinstance(c, (SimpleRNN, JordanRNN, LSTM, GRU)) for c in cells)
+  return all(isinstance(c, RNNCell) and type(c).gates is not RNNCell.gates for c in cells)
 
 
 def gate_names(cell) -> list:
-  """The gate names of :func:`saturation`'s result, in the cell's gate order."""
+  """The gate names of :func:`saturation`'s result, in the cell's gate order.
+
+  Read from the cell's ``gates`` by tracing one step abstractly.
+  """
   if isinstance(cell, Stack):
     return [f"layer{l}.{n}" for l, c in enumerate(cell.cells) for n in gate_names(c)]
-  if isinstance(cell, SimpleRNN):
-    return ["h"]
-  if isinstance(cell, JordanRNN):
-    return ["h", "y"]
-  if isinstance(cell, LSTM):
-    return ["i", "f", "g", "o", "tanh_c"]
-  if isinstance(cell, GRU):
-    return ["r", "z", "n"]
-  return []
+  if not supported(cell):
+    return []
+  return list(_gate_names(cell))
+
+
+@functools.lru_cache(maxsize=256)
+def _gate_names(cell):
+  names = []
+
+  def f():
+    params = cell.init(jax.random.key(0), 1)
+    carry = cell.initial_carry((1,))
+    _, _, named = cell.step_with_gates(params, carry, jnp.zeros((1, 1), cell.param_dtype))
+    names.extend(g[0] for g in named)
+    return 0
+  jax.eval_shape(f)
+  return tuple(names)
 
 
 def gate_stats(cell, params, carry, x):
@@ -182,7 +161,8 @@ def saturation(cell, params, xs, carry=None, *, lengths=None):
   [0.1, 0.9], tanh ``|y| > 0.9``, ReLU off, other activations ``|act'| < 0.1``).
 
   Args:
-    cell: an rnnjax cell (SimpleRNN, IRNN, JordanRNN, LSTM, GRU) or a Stack.
+    cell: an rnnjax cell (any :class:`rnnjax.RNNCell`: its ``gates`` name the
+      nonlinearities) or a Stack of them.
     params, xs, carry, lengths: as :func:`rnnjax.diagnostics.step_jacobians`
       (steps past ``lengths`` are left out of the means).
 
@@ -190,12 +170,12 @@ def saturation(cell, params, xs, carry=None, *, lengths=None):
     ``{name: GateSaturation(fraction, mean_derivative, fraction_per_step)}``
     with names ``"h"`` (simple RNN, IRNN), ``"h"``/``"y"`` (Jordan),
     ``"i"``, ``"f"``, ``"g"``, ``"o"``, ``"tanh_c"`` (LSTM), ``"r"``, ``"z"``,
-    ``"n"`` (GRU), prefixed ``"layer{l}."`` in a Stack.
+    ``"n"`` (GRU), ``"h"`` (IndRNN), prefixed ``"layer{l}."`` in a Stack.
   """
   prep = core.prepare(cell, params, xs, carry, lengths, None)
   if not supported(cell):
     raise TypeError(
-        f"saturation supports the rnnjax cells (SimpleRNN, IRNN, JordanRNN, LSTM, GRU) and "
+        f"saturation needs cells that declare their gates (rnnjax.RNNCell subclasses) or a "
         f"Stack of them, got {cell!r}.")
   stats = _saturation_impl(cell, params, xs, prep.carry, prep.lengths)
   return aggregate(stats, gate_names(cell))
