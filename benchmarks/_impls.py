@@ -113,6 +113,14 @@ def rnnjax_auto(cell, s, mode, backend):
   return _rnnjax(cell, s, mode, backend, "auto")
 
 
+def rnnjax_baseline(cell, s, mode, backend):
+  """rnnjax.scan (auto) from another checkout: ``run.py --baseline-src PATH`` (A/B of a change).
+
+  The worker puts PATH first on ``sys.path`` before importing rnnjax.
+  """
+  return _rnnjax(cell, s, mode, backend, "auto")
+
+
 def rnnjax_reference(cell, s, mode, backend):
   """rnnjax.scan(impl="reference"): the plain lax.scan of the cell step."""
   return _rnnjax(cell, s, mode, backend, "reference")
@@ -283,6 +291,7 @@ def torch_peak(backend) -> Optional[float]:
 ADAPTERS: Dict[str, Callable] = {
     "rnnjax": rnnjax_auto,
     "rnnjax_reference": rnnjax_reference,
+    "rnnjax_baseline": rnnjax_baseline,
     "flax_linen": flax_linen,
     "flax_nnx": flax_nnx,
     "torch": torch,
@@ -290,5 +299,5 @@ ADAPTERS: Dict[str, Callable] = {
     "haiku": haiku,
     "cudnn": cudnn,
 }
-OURS = ("rnnjax", "rnnjax_reference")
+OURS = ("rnnjax", "rnnjax_reference", "rnnjax_baseline")
 DEFAULT_IMPLS = ("rnnjax", "flax_linen", "flax_nnx", "torch", "equinox", "haiku", "cudnn")

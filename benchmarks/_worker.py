@@ -73,6 +73,7 @@ def _versions(impl):
       out[mod] = m.__version__
   if "rnnjax" in sys.modules:
     out["rnnjax"] = sys.modules["rnnjax"].__version__
+    out["rnnjax_path"] = os.path.dirname(sys.modules["rnnjax"].__file__)
   return out
 
 
@@ -81,6 +82,12 @@ def main(argv=None):
   ap.add_argument("--impl", required=True)
   ap.add_argument("--backend", default=None)
   args = ap.parse_args(argv)
+  if args.impl == "rnnjax_baseline":
+    src = os.environ.get("RNNJAX_BASELINE_SRC")
+    if not src:
+      raise SystemExit("rnnjax_baseline needs run.py --baseline-src PATH (RNNJAX_BASELINE_SRC)")
+    sys.path.insert(0, os.path.abspath(src))
+    sys.modules.pop("rnnjax", None)
   adapter = _impls.ADAPTERS[args.impl]
   cache = {}
   for line in sys.stdin:

@@ -165,6 +165,9 @@ def build_parser():
   ap.add_argument("--quick", action="store_true", help="tiny shapes, 1 round, few repeats (smoke test)")
   ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   ap.add_argument("--no-plot", action="store_true")
+  ap.add_argument("--baseline-src", default=None,
+                  help="a checkout of another rnnjax version: adds impl rnnjax_baseline "
+                       "(its rnnjax/ is imported by that worker) for an interleaved A/B")
   ap.add_argument("--timeout-s", type=float, default=1800.0, help="per-command worker timeout")
   ap.add_argument("--host-malloc", default="default", choices=sorted(HOST_MALLOC),
                   help="glibc malloc settings of every worker: 'default', or 'retain' (freed "
@@ -209,6 +212,10 @@ def run(args) -> dict:
   backend = args.backend or jax.default_backend()
   jax_device = jax.devices(backend)[0]
 
+  if args.baseline_src:
+    os.environ["RNNJAX_BASELINE_SRC"] = os.path.abspath(args.baseline_src)
+    if "rnnjax_baseline" not in impls:
+      impls.append("rnnjax_baseline")
   menv = HOST_MALLOC[args.host_malloc]
   workers = {i: Worker(i, backend, args.out, args.timeout_s, menv) for i in impls}
   roof_worker = Worker("rnnjax", backend, args.out, args.timeout_s, menv)

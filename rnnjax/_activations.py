@@ -10,7 +10,7 @@ Names and definitions (all elementwise):
 ================  ==========================================================
 name              definition
 ================  ==========================================================
-``sigmoid``       1 / (1 + exp(-x)); derivative <= 1/4 (seed 000)
+``sigmoid``       1 / (1 + exp(-x)); derivative <= 1/4
 ``tanh``          tanh(x); derivative <= 1
 ``relu``          max(x, 0)
 ``leaky_relu``    x if x >= 0 else 0.01 x
@@ -126,6 +126,7 @@ class Activation(NamedFn):
   _registry: ClassVar[dict] = ACTIVATIONS
 
   def __call__(self, x):
+    """``fn(x)``, elementwise."""
     return self.fn(x)
 
 

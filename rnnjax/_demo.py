@@ -1,4 +1,4 @@
-"""``rnnjax demo``: seed 003's 8-bit binary addition, trained end to end.
+"""``rnnjax demo``: the classic 8-bit binary-addition task, trained end to end.
 
 Task: a + b with a, b uniform in [0, 128) (so the sum fits 8 bits), fed one
 bit pair per step, least significant bit first; the target at step t is bit t
@@ -34,7 +34,7 @@ binary_addition_batch = _tasks.binary_addition_arrays
 
 
 def binary_addition(steps=2000, batch_size=64, hidden=16, lr=0.03, seed=0, verbose=True):
-  """Trains the seed 003 adder with :func:`rnnjax.train.fit`.
+  """Trains the 8-bit adder with :func:`rnnjax.train.fit`.
 
   Batch ``i`` is ``rnnjax.train.binary_addition(batch_size, seed=(seed, i))``;
   loss: binary cross-entropy from the readout's logits; optimizer: Adam.

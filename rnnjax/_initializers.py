@@ -85,6 +85,7 @@ class Initializer(NamedFn):
   _registry: ClassVar[dict] = INITIALIZERS
 
   def __call__(self, key, shape, dtype=jnp.float32):
+    """An array of ``shape`` and ``dtype`` drawn with ``key``."""
     return self.fn(key, shape, dtype)
 
 

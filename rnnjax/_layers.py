@@ -3,7 +3,7 @@
 All layers are frozen dataclasses (static, hashable config) with
 ``init(key, input_size) -> params`` and pure apply functions, like the cells.
 
-* :class:`Dense` -- the readout ``O_t = g(h_t V + b_o)`` (seed 004), g one of
+* :class:`Dense` -- the readout ``O_t = g(h_t V + b_o)``, g one of
   identity, sigmoid, softmax (or any activation name / callable).
 * :class:`Stack` -- cells on top of each other. It is itself a cell (its step
   runs every layer once, carry = tuple of the layers' carries), so it scans
@@ -13,7 +13,7 @@ All layers are frozen dataclasses (static, hashable config) with
   ``concat``, ``sum`` or ``mean``; the backward pass respects ``lengths``.
 * :class:`SequenceModel` -- recurrent layers + a :class:`Dense` readout,
   returning the whole output sequence or the output at each sequence's last
-  valid step. Keras's ``SimpleRNN(64, relu) -> Dense(1, sigmoid)`` (seed 002)
+  valid step. Keras's ``SimpleRNN(64, relu) -> Dense(1, sigmoid)``
   is ``SequenceModel([SimpleRNN(64, "relu")], Dense(1, "sigmoid"))``.
 """
 
@@ -49,6 +49,7 @@ class Dense:
     object.__setattr__(self, "kernel_init", get_initializer(self.kernel_init, argname="kernel_init"))
 
   def init(self, key, input_size: int):
+    """Returns ``{"w": [H, O], "b": [O]}`` (``kernel_init`` / zeros)."""
     _checks.check_key(key)
     _checks.check_positive_int(input_size, "input_size")
     return {"w": self.kernel_init(key, (input_size, self.out_size), self.param_dtype),
@@ -62,6 +63,7 @@ class Dense:
     return h @ params["w"].astype(h.dtype) + params["b"].astype(h.dtype)
 
   def __call__(self, params, h):
+    """``g(h V + b)``: ``[..., H] -> [..., O]``."""
     return self.activation(self.logits(params, h))
 
 
@@ -103,9 +105,11 @@ class Stack:
 
   @property
   def output_size(self):
+    """The output size of the top layer."""
     return self.cells[-1].output_size
 
   def init(self, key, input_size: int):
+    """Returns a tuple of the cells' params, layer l built for layer l-1's output size."""
     _checks.check_key(key)
     keys = jax.random.split(key, len(self.cells))
     params, size = [], input_size
@@ -115,9 +119,11 @@ class Stack:
     return tuple(params)
 
   def initial_carry(self, batch_shape=(), dtype=None):
+    """A tuple of the cells' initial carries (zeros)."""
     return tuple(c.initial_carry(batch_shape, dtype) for c in self.cells)
 
   def check_input(self, params, x, argname="x"):
+    """Raises if ``params`` do not fit the stack (one entry per layer) or ``x``'s feature size does not match."""
     self.cells[0].check_input(params[0], x, argname)
 
   def __call__(self, params, carry, x):
@@ -177,17 +183,20 @@ class Bidirectional:
 
   @property
   def output_size(self):
+    """``2 O`` with ``merge="concat"``, else ``O`` (the cells' output size)."""
     if self.merge == "concat":
       return self.forward.output_size + self.backward.output_size
     return self.forward.output_size
 
   def init(self, key, input_size: int):
+    """Returns ``{"forward": params, "backward": params}``."""
     _checks.check_key(key)
     kf, kb = jax.random.split(key)
     return {"forward": self.forward.init(kf, input_size),
             "backward": self.backward.init(kb, input_size)}
 
   def initial_carry(self, batch_shape=(), dtype=None):
+    """``{"forward": carry, "backward": carry}`` of zeros."""
     return (self.forward.initial_carry(batch_shape, dtype),
             self.backward.initial_carry(batch_shape, dtype))
 
@@ -233,7 +242,7 @@ class SequenceModel:
       last valid step ``[*B, O]``; if True, at every step ``[*B, T, O]``.
     dropout: inverted dropout between recurrent layers when a key is given.
 
-  Example (seed 002's Keras model)::
+  Example (a Keras-style model)::
 
     model = rj.SequenceModel([rj.SimpleRNN(64, "relu")], rj.Dense(1, "sigmoid"))
     params = model.init(jax.random.key(0), input_size=8)
@@ -253,6 +262,7 @@ class SequenceModel:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
 
   def init(self, key, input_size: int):
+    """Returns ``{"layers": (params per recurrent layer), "readout": Dense params}``."""
     _checks.check_key(key)
     _checks.check_positive_int(input_size, "input_size")
     keys = jax.random.split(key, len(self.layers) + 1)

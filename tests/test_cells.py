@@ -60,6 +60,28 @@ def np_lstm(p, carry, x, gate="sigmoid", act="tanh"):
   return (h, c), h
 
 
+def np_indrnn(p, h, x, f="relu", clip=None):
+  """Li et al. 2018, eq. 2: h' = f(W x + u * h + b), u elementwise (|u| <= clip if set)."""
+  u = p["u"] if clip is None else np.clip(p["u"], -clip, clip)
+  h = NP_ACTIVATIONS[f](x @ p["w_i"] + u * h + p["b"])
+  return h, h
+
+
+def np_peephole_lstm(p, carry, x):
+  """Gers & Schmidhuber 2000: i, f see c_{t-1}, o sees c_t through diagonal peepholes."""
+  h, c = carry
+  H = h.shape[-1]
+  z = x @ p["w_i"] + h @ p["w_h"] + p["b"]
+  zi, zf, zg, zo = (z[..., k * H:(k + 1) * H] for k in range(4))
+  pi, pf, po = p["w_p"]
+  i = _np_sigmoid(zi + pi * c)
+  f = _np_sigmoid(zf + pf * c)
+  c = f * c + i * np.tanh(zg)
+  o = _np_sigmoid(zo + po * c)
+  h = o * np.tanh(c)
+  return (h, c), h
+
+
 def np_gru(p, h, x, reset_after=True, gate="sigmoid"):
   """Gates r, z, n; h' = (1 - z) n + z h."""
   H = h.shape[-1]
@@ -111,6 +133,10 @@ def to_np_carry(carry):
 
 
 def reference_step(cell, p, carry, x):
+  if isinstance(cell, rj.LSTM) and cell.peephole:
+    return np_peephole_lstm(p, carry, x)
+  if isinstance(cell, rj.IndRNN):
+    return np_indrnn(p, carry, x, cell.activation.name, cell.recurrent_clip)
   if isinstance(cell, rj.LSTM):
     return np_lstm(p, carry, x, cell.gate_activation.name, cell.activation.name)
   if isinstance(cell, rj.GRU):
@@ -147,6 +173,10 @@ CELL_CASES = (
         pytest.param(lambda dt: rj.GRU(H, reset_after=False, param_dtype=dt), id="gru-before"),
         pytest.param(lambda dt: rj.GRU(H, gate_activation="hard_sigmoid", param_dtype=dt),
                      id="gru-hard_sigmoid"),
+        pytest.param(lambda dt: rj.IndRNN(H, param_dtype=dt), id="indrnn"),
+        pytest.param(lambda dt: rj.IndRNN(H, activation="tanh", recurrent_clip=0.3,
+                                          param_dtype=dt), id="indrnn-tanh-clip"),
+        pytest.param(lambda dt: rj.LSTM(H, peephole=True, param_dtype=dt), id="lstm-peephole"),
     ])
 
 
@@ -462,3 +492,38 @@ def test_jitted_scan_compiles_once_for_same_shapes():
   assert not np.allclose(ya, yb)
   jscan(cell, params, xa[:, :3])  # a new shape compiles again
   assert jscan._cache_size() == 2
+
+
+def test_indrnn_init_range_and_params():
+  cell = rj.IndRNN(64, recurrent_min=0.5, recurrent_max=2 ** (1 / 100))
+  p = cell.init(jax.random.key(0), 3)
+  assert set(p) == {"w_i", "u", "b"} and p["u"].shape == (64,) and p["w_i"].shape == (3, 64)
+  assert 0.5 <= float(p["u"].min()) and float(p["u"].max()) <= 2 ** (1 / 100)
+  with pytest.raises(ValueError, match="recurrent_min"):
+    rj.IndRNN(4, recurrent_min=2.0, recurrent_max=1.0)
+  with pytest.raises(ValueError, match="recurrent_clip"):
+    rj.IndRNN(4, recurrent_clip=-1.0)
+
+
+def test_indrnn_jacobian_is_diagonal_u_times_derivative():
+  """dh_t/dh_{t-1} = diag(u * f'(a)): the paper's premise, via the diagnostics' step Jacobians."""
+  cell = rj.IndRNN(5, activation="tanh")
+  p = cell.init(jax.random.key(1), 2)
+  xs = jax.random.normal(jax.random.key(2), (4, 2))
+  J = np.asarray(rj.diagnostics.step_jacobians(cell, p, xs))
+  hs = np.asarray(rj.scan(cell, p, xs)[1])
+  for t in range(4):
+    np.testing.assert_allclose(J[t], np.diag(np.asarray(p["u"]) * (1 - hs[t] ** 2)), atol=1e-6)
+
+
+def test_peephole_lstm_params_and_gates():
+  cell = rj.LSTM(4, peephole=True)
+  p = cell.init(jax.random.key(0), 3)
+  assert p["w_p"].shape == (3, 4) and not np.any(np.asarray(p["w_p"]))
+  # With zero peepholes it is exactly the plain LSTM.
+  plain = rj.LSTM(4)
+  xs = jax.random.normal(jax.random.key(1), (2, 6, 3))
+  q = {k: v for k, v in p.items() if k != "w_p"}
+  np.testing.assert_allclose(rj.scan(cell, p, xs)[1], rj.scan(plain, q, xs)[1], atol=1e-6)
+  names = list(rj.diagnostics.saturation(cell, p, xs))
+  assert names == ["i", "f", "g", "o", "tanh_c"]

@@ -618,7 +618,7 @@ def test_bad_inputs_raise_clear_errors():
     rd.adjoint_norms(None, cell, p, xs)
   with pytest.raises(ValueError, match="scalar"):
     rd.adjoint_norms(lambda ys, c: ys, cell, p, xs)
-  with pytest.raises(TypeError, match="saturation supports"):
+  with pytest.raises(TypeError, match="saturation needs"):
     rd.saturation(SwitchCell(2), {"mats": jnp.zeros((2, 2, 2))}, xs)
   with pytest.raises(ValueError, match="fraction"):
     rd.diagnose(cell, p, xs, fraction=2.0)
@@ -640,3 +640,20 @@ def test_benchmark_quick(tmp_path, capsys):
   # The benchmark's jacrev reference agrees with the exact method it times.
   assert all(r["max_abs_log_err"] < 1e-3 for r in rows if r["method"] == "power")
   assert "jacrev" in capsys.readouterr().out
+
+
+def test_adjoint_norms_fresh_identical_lambda_compiles_once():
+  """The loss is a static argument keyed by value: equal lambdas share one compiled program."""
+  from rnnjax.diagnostics import _jacobians
+  cell = rj.SimpleRNN(3)
+  params = cell.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (2, 5, 3 - 1))
+  make_loss = lambda: (lambda ys, carry: jnp.sum(ys[..., -1, :] ** 2))
+  before = _jacobians._adjoint_impl._cache_size()
+  a = rd.adjoint_norms(make_loss(), cell, params, xs)
+  b = rd.adjoint_norms(make_loss(), cell, params, xs)
+  assert _jacobians._adjoint_impl._cache_size() == before + 1
+  np.testing.assert_array_equal(a, b)
+  # A genuinely different loss compiles again.
+  rd.adjoint_norms(lambda ys, carry: jnp.sum(ys ** 3), cell, params, xs)
+  assert _jacobians._adjoint_impl._cache_size() == before + 2

@@ -7,7 +7,28 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.train._optim import global_norm as _global_norm
+
+
+def global_norm(tree) -> jax.Array:
+  r"""``sqrt(sum over leaves of sum(g**2))``, without overflow.
+
+  Computed as ``m * sqrt(sum((g / m)**2))`` with ``m = max |g|``: a finite
+  gradient of norm 1e30 has a finite norm in float32 (the plain sum of
+  squares would overflow to inf above ~1.8e19). Non-finite entries give a
+  non-finite norm (NaN for a NaN entry, inf for an inf one); all zeros give 0.
+  """
+  leaves = [jnp.asarray(g) for g in jax.tree_util.tree_leaves(tree)]
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  dtype = jnp.result_type(*leaves)
+  # Accumulate in float32 at least (bf16/f16 gradients), float64 if given.
+  dtype = jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
+  m = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype) for g in leaves]))
+  safe = jnp.where(m > 0, m, jnp.ones_like(m))
+  total = sum(jnp.sum(jnp.square(g.astype(dtype) / safe)) for g in leaves)
+  norm = jnp.where(m > 0, m * jnp.sqrt(total), jnp.zeros_like(m))
+  # A NaN entry makes m NaN, an inf one (and no NaN) makes it inf: report m itself.
+  return jnp.where(jnp.isfinite(m), norm, m)
 
 
 def _path_name(path) -> str:
@@ -41,14 +62,14 @@ def gradient_stats(grads, *, clip_norm: Optional[float] = None) -> dict:
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
   if not leaves:
     raise ValueError("grads must be a non-empty pytree of arrays.")
-  norms = {_path_name(path): _global_norm(g) for path, g in leaves}
-  global_norm = _global_norm(grads)
+  norms = {_path_name(path): global_norm(g) for path, g in leaves}
+  gnorm = global_norm(grads)
   if clip_norm is None:
     clipped = jnp.zeros((), jnp.bool_)
     scale = jnp.ones((), jnp.float32)
   else:
     if not float(clip_norm) > 0:
       raise ValueError(f"clip_norm must be > 0, got {clip_norm!r}.")
-    clipped = global_norm > clip_norm
-    scale = clip_norm / jnp.maximum(global_norm, clip_norm)
-  return {"global_norm": global_norm, "norms": norms, "clipped": clipped, "clip_scale": scale}
+    clipped = gnorm > clip_norm
+    scale = clip_norm / jnp.maximum(gnorm, clip_norm)
+  return {"global_norm": gnorm, "norms": norms, "clipped": clipped, "clip_scale": scale}

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax._activations import NamedFn
 from rnnjax.diagnostics import _core as core
 
 _METHODS = ("exact", "power", "hutchinson")
@@ -371,7 +372,7 @@ def _adjoint_impl(loss_fn, cell, params, xs, carry, lengths):
       ys = jnp.swapaxes(ys, 0, 1)
     ys = ys.reshape(batch_shape + (T,) + ys.shape[-1:])
     final = jax.tree_util.tree_map(lambda c: c.reshape(batch_shape + c.shape[-1:]), final)
-    loss = loss_fn(ys, final)
+    loss = loss_fn.fn(ys, final)
     if jnp.shape(loss) != ():
       raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(loss)}.")
     return loss
@@ -402,6 +403,9 @@ def adjoint_norms(loss_fn, cell, params, xs, carry=None, *, lengths=None, leaf=N
       (zeros past ``lengths``, as :func:`rnnjax.scan`) and the final carry
       (leaves ``[*B, S]``). A batched loss couples the sequences only through
       its sum, so entry ``[b, i]`` is the gradient w.r.t. sequence b's state.
+      The compiled program is cached by the function's *value* (bytecode,
+      constants, closure and the globals it reads): a fresh but identical
+      lambda does not recompile; a lambda closing over a different array does.
     cell, params, xs, carry: as :func:`step_jacobians`.
     lengths: optional int ``[*B]``; entries ``i >= L_b`` are NaN.
     leaf: restrict the norm to one carry leaf (index or name).
@@ -413,7 +417,10 @@ def adjoint_norms(loss_fn, cell, params, xs, carry=None, *, lengths=None, leaf=N
     raise TypeError(f"loss_fn must be a callable loss_fn(ys, final_carry) -> scalar, got "
                     f"{type(loss_fn).__name__}.")
   prep = core.prepare(cell, params, xs, carry, lengths, leaf)
-  sq = _adjoint_impl(loss_fn, cell, params, xs, prep.carry, prep.lengths)
+  # Keyed by value: a fresh but identical lambda reuses the compiled program.
+  loss_key = loss_fn if isinstance(loss_fn, NamedFn) else NamedFn(
+      getattr(loss_fn, "__name__", "loss_fn"), loss_fn)
+  sq = _adjoint_impl(loss_key, cell, params, xs, prep.carry, prep.lengths)
   if prep.leaf.index is not None:
     return jnp.sqrt(sq[..., prep.leaf.index])
   return jnp.sqrt(jnp.sum(sq, axis=-1))

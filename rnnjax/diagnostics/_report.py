@@ -138,6 +138,7 @@ class Report:
     return by_lag(self.log_adjoint_norms, self.lengths)
 
   def horizon_str(self) -> str:
+    """The memory horizon as printed in the table (``">T-1"`` when never reached)."""
     if self.memory_horizon is None:
       return f">{self.T - 1}"
     return str(self.memory_horizon)

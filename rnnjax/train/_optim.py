@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rnnjax.diagnostics._gradstats import global_norm as global_norm
+
 OPTIMIZERS = ("sgd", "nesterov", "rmsprop", "adagrad", "adam", "adamw")
 
 
@@ -46,26 +48,6 @@ class ClipByGlobalNormState(NamedTuple):
   """
   norm: jax.Array
   clipped: jax.Array
-
-
-def global_norm(tree) -> jax.Array:
-  r"""``sqrt(sum over leaves of sum(g**2))``, without overflow.
-
-  Computed as ``m * sqrt(sum((g / m)**2))`` with ``m = max |g|``: a finite
-  gradient of norm 1e30 has a finite norm in float32 (the plain sum of
-  squares would overflow to inf above ~1.8e19). Non-finite entries give a
-  non-finite norm; all zeros give 0.
-  """
-  leaves = [jnp.asarray(g) for g in jax.tree_util.tree_leaves(tree)]
-  if not leaves:
-    return jnp.zeros((), jnp.float32)
-  dtype = jnp.result_type(*leaves)
-  # Accumulate in float32 at least (bf16/f16 gradients), float64 if given.
-  dtype = jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
-  m = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype) for g in leaves]))
-  safe = jnp.where(m > 0, m, jnp.ones_like(m))
-  total = sum(jnp.sum(jnp.square(g.astype(dtype) / safe)) for g in leaves)
-  return jnp.where(m > 0, m * jnp.sqrt(total), jnp.zeros_like(m))
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
