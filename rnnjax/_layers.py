@@ -122,8 +122,20 @@ class Stack:
     """A tuple of the cells' initial carries (zeros)."""
     return tuple(c.initial_carry(batch_shape, dtype) for c in self.cells)
 
+  def check_params(self, params, argname: str = "params"):
+    """Raises unless ``params`` is a tuple/list with one entry per layer, each fitting its cell."""
+    if not isinstance(params, (tuple, list)) or len(params) != len(self.cells):
+      got = f"{type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) \
+          else type(params).__name__
+      raise ValueError(f"{argname} of a Stack of {len(self.cells)} cells must be a tuple with one "
+                       f"entry per layer (Stack.init's result), got {got}.")
+    for l, (cell, p) in enumerate(zip(self.cells, params)):
+      if hasattr(cell, "check_params"):
+        cell.check_params(p, argname=f"{argname}[{l}]")
+
   def check_input(self, params, x, argname="x"):
     """Raises if ``params`` do not fit the stack (one entry per layer) or ``x``'s feature size does not match."""
+    self.check_params(params)
     self.cells[0].check_input(params[0], x, argname)
 
   def __call__(self, params, carry, x):
@@ -137,6 +149,7 @@ class Stack:
   def apply(self, params, xs, carry=None, *, lengths=None, reverse=False, key=None,
             time_major=False, input_projection="auto"):
     """Runs the stack layer by layer over ``xs [*B, T, I]``; returns ``(carries, ys)``."""
+    self.check_params(params)
     if key is not None:
       _checks.check_key(key)
       keys = jax.random.split(key, len(self.cells))
@@ -277,6 +290,14 @@ class SequenceModel:
 
   def features(self, params, xs, *, lengths=None, key=None, input_projection="auto"):
     """The top recurrent layer's outputs ``[*B, T, H]`` (before the readout)."""
+    if not isinstance(params, dict) or not isinstance(params.get("layers"), (tuple, list)) \
+        or len(params["layers"]) != len(self.layers):
+      n = len(params["layers"]) if isinstance(params, dict) and isinstance(
+          params.get("layers"), (tuple, list)) else None
+      raise ValueError(
+          f"params of a SequenceModel with {len(self.layers)} recurrent layers must be "
+          f"SequenceModel.init's dict with params['layers'] of length {len(self.layers)}"
+          + (f", got {n} layers." if n is not None else f", got {type(params).__name__}."))
     keys = (jax.random.split(key, 2 * len(self.layers)) if key is not None else None)
     for l, (layer, p) in enumerate(zip(self.layers, params["layers"])):
       lkey = None if keys is None else keys[2 * l]

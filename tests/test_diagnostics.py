@@ -657,3 +657,22 @@ def test_adjoint_norms_fresh_identical_lambda_compiles_once():
   # A genuinely different loss compiles again.
   rd.adjoint_norms(lambda ys, carry: jnp.sum(ys ** 3), cell, params, xs)
   assert _jacobians._adjoint_impl._cache_size() == before + 2
+
+
+@pytest.mark.parametrize("cell,names", [
+    (rj.IndRNN(4, recurrent_min=0.5, recurrent_max=0.9), ["h"]),
+    (rj.LSTM(4, peephole=True), ["i", "f", "g", "o", "tanh_c"]),
+], ids=["indrnn", "lstm-peephole"])
+def test_new_cells_get_every_diagnostic(cell, names):
+  """Cells written only in rnnjax/_cells.py get saturation, diagnose and Lyapunov exponents."""
+  params = cell.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (2, 30, 2))
+  assert list(rd.saturation(cell, params, xs)) == names
+  lyap = rd.lyapunov_exponents(cell, params, xs, k=2)
+  assert lyap.shape == (2, 2) and np.all(np.isfinite(lyap))
+  rep = rd.diagnose(cell, params, xs)
+  assert rep.verdict in ("vanishing", "exploding", "stable")
+  if isinstance(cell, rj.IndRNN):
+    # dh_T/dh_0 is diagonal: its norm is max_n prod_t |u_n f'(a_t)|, <= max|u|^T with ReLU.
+    norms = rd.jacobian_norms(cell, params, xs)
+    assert float(norms[0, 0]) <= float(np.max(np.abs(params["u"]))) ** 29 * (1 + 1e-4)

@@ -197,3 +197,46 @@ def test_layer_config_errors():
     rj.GRU(H, reset_after="yes")
   with pytest.raises(TypeError, match="param_dtype must be a dtype"):
     rj.LSTM(H, param_dtype="float99")
+
+
+def test_params_of_another_cell_are_named():
+  xs = jnp.ones((2, 5, 2))
+  pj = rj.JordanRNN(4, output_size=2).init(jax.random.key(0), 2)
+  with pytest.raises(ValueError, match=r"params do not belong to SimpleRNN.*unexpected \['b_o', 'w_o'\]"):
+    rj.scan(rj.SimpleRNN(4), pj, xs)
+  pg = rj.GRU(4).init(jax.random.key(0), 2)
+  with pytest.raises(ValueError, match=r"reset_after=False.*unexpected \['b_hn'\]"):
+    rj.scan(rj.GRU(4, reset_after=False), pg, xs)
+  pb = dict(rj.SimpleRNN(4).init(jax.random.key(0), 2), b=jnp.float32(0.0))
+  with pytest.raises(ValueError, match=r"params\['b'\] has shape \(\), .* expects \(4,\)"):
+    rj.scan(rj.SimpleRNN(4), pb, xs)
+  stack = rj.Stack([rj.LSTM(4), rj.GRU(3)])
+  ps = stack.init(jax.random.key(0), 2)
+  with pytest.raises(ValueError, match="Stack of 2 cells .* got tuple of length 1"):
+    stack.apply(ps[:1], xs)
+  with pytest.raises(ValueError, match=r"params\[1\]\['w_[ih]'\] has shape"):
+    stack.apply((ps[0], rj.GRU(4).init(jax.random.key(0), 4)), xs)
+  model = rj.SequenceModel([rj.LSTM(4), rj.GRU(3)], rj.Dense(1))
+  pm = model.init(jax.random.key(0), 2)
+  with pytest.raises(ValueError, match="2 recurrent layers .* got 1 layers"):
+    model.apply({"layers": pm["layers"][:1], "readout": pm["readout"]}, xs)
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_in_padding_influences_nothing(impl, reverse):
+  cell = rj.LSTM(3)
+  params = cell.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (2, 6, 2))
+  lengths = jnp.array([6, 3])
+  bad = xs.at[1, 3:].set(jnp.nan).at[1, 4].set(jnp.inf)
+
+  def loss(p, x):
+    c, ys = rj.scan(cell, p, x, lengths=lengths, reverse=reverse, impl=impl)
+    return jnp.sum(ys ** 2) + jnp.sum(c.h)
+  (v0, g0), (v1, g1) = [jax.value_and_grad(loss, argnums=(0, 1))(params, x) for x in (xs, bad)]
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g0[0]), jax.tree_util.tree_leaves(g1[0])):
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(g1[1][1, 3:]) == 0)

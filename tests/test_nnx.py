@@ -105,3 +105,11 @@ def test_nnx_optimizer_trains_and_matches_a_manual_optax_step():
   for _ in range(40):
     last = float(train_step(model, optimizer))
   assert last < 0.3 * first, (first, last)
+
+
+@pytest.mark.parametrize("cell", [rj.IndRNN(5), rj.LSTM(5, peephole=True)], ids=["indrnn", "peephole"])
+def test_nnx_wraps_new_cells(cell):
+  from flax import nnx
+  rnn = rj.nnx.RNN(cell, input_size=3, rngs=nnx.Rngs(0))
+  xs = jax.random.normal(jax.random.key(1), (2, 4, 3))
+  np.testing.assert_allclose(rnn(xs), rj.scan(cell, rnn.get_params(), xs)[1], atol=1e-6)

@@ -22,6 +22,8 @@ CELLS = {
     "gru-after": rj.GRU(H),
     "gru-before": rj.GRU(H, reset_after=False),
     "stack": rj.Stack([rj.GRU(H), rj.SimpleRNN(3, "relu")]),
+    "indrnn": rj.IndRNN(H, activation="tanh"),
+    "lstm-peephole": rj.LSTM(H, peephole=True),
 }
 
 
@@ -226,7 +228,7 @@ def test_final_carry_is_not_a_stored_history():
 # gradients: both input-projection modes, against finite differences (float64)
 
 
-FD_CELLS = ["simple", "jordan", "lstm", "gru-before"]
+FD_CELLS = ["simple", "jordan", "lstm", "gru-before", "indrnn", "lstm-peephole"]
 
 
 def _fd_setup(name, seed, reverse=False):
