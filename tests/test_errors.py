@@ -43,7 +43,7 @@ def test_feature_size_mismatch(lstm):
     cell(params, cell.initial_carry((B,)), jnp.ones((B, 2)))
   stack = rj.Stack([cell, rj.GRU(2)])
   with pytest.raises(ValueError, match="xs has feature size 4"):
-    rj.scan(stack, (params, {}), jnp.ones((B, T, 4)))
+    rj.scan(stack, stack.init(jax.random.key(0), 3), jnp.ones((B, T, 4)))
   with pytest.raises(ValueError, match="h has feature size 3"):
     rj.Dense(2).logits({"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}, jnp.ones((B, 3)))
 
