@@ -16,6 +16,11 @@ def global_norm(tree) -> jax.Array:
   gradient of norm 1e30 has a finite norm in float32 (the plain sum of
   squares would overflow to inf above ~1.8e19). Non-finite entries give a
   non-finite norm (NaN for a NaN entry, inf for an inf one); all zeros give 0.
+
+  This hand-written norm is kept (rather than ``optax.global_norm``) for that
+  overflow safety, and because :func:`rnnjax.train.clip_by_global_norm`
+  records the norm and the clip flag in its state (``optax``'s clipping
+  keeps no state), which :func:`rnnjax.train.fit` reports.
   """
   leaves = [jnp.asarray(g) for g in jax.tree_util.tree_leaves(tree)]
   if not leaves:
