@@ -63,6 +63,10 @@ def gradient_stats(grads, *, clip_norm: Optional[float] = None) -> dict:
   * ``"clipped"``: ``global_norm > clip_norm`` (False when ``clip_norm`` is None);
   * ``"clip_scale"``: ``min(1, clip_norm / global_norm)``, the factor clipping
     multiplies the gradient by (1 when ``clip_norm`` is None).
+
+  Non-finite gradients are reported, not hidden: a leaf (and the global
+  norm) holding a NaN has norm NaN, one holding +-inf (and no NaN) has norm
+  inf; then ``clipped`` is False for NaN and ``clip_scale`` is NaN / 0.
   """
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
   if not leaves:
