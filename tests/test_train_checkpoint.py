@@ -59,6 +59,16 @@ def _largest_array_file(step_dir):
   return max((os.path.join(d, f) for f in os.listdir(d)), key=os.path.getsize)
 
 
+def _read(path, mode="rb"):
+  with open(path, mode) as f:
+    return f.read()
+
+
+def _write(path, data, mode="wb"):
+  with open(path, mode) as f:
+    f.write(data)
+
+
 def _truncate(step_dir):
   f = _largest_array_file(step_dir)
   with open(f, "r+b") as fh:
@@ -67,27 +77,27 @@ def _truncate(step_dir):
 
 def _flip(step_dir):
   f = _largest_array_file(step_dir)
-  raw = bytearray(open(f, "rb").read())
+  raw = bytearray(_read(f))
   for k in range(len(raw) // 3, len(raw) // 3 + 4):
     raw[k] ^= 0xFF
-  open(f, "wb").write(bytes(raw))
+  _write(f, bytes(raw))
 
 
 def _random_bytes(step_dir):
   f = _largest_array_file(step_dir)
-  open(f, "wb").write(np.random.default_rng(0).bytes(os.path.getsize(f)))
+  _write(f, np.random.default_rng(0).bytes(os.path.getsize(f)))
 
 
 def _empty_metadata(step_dir):
-  open(os.path.join(step_dir, "meta", "metadata"), "w").close()
+  _write(os.path.join(step_dir, "meta", "metadata"), b"")
 
 
 def _edit_metadata(step_dir):
   # Valid JSON, one number changed: only the metadata's own checksum sees it.
   p = os.path.join(step_dir, "meta", "metadata")
-  meta = json.load(open(p))
+  meta = json.loads(_read(p, "r"))
   meta["history"][0]["loss"] += 1.0
-  json.dump(meta, open(p, "w"))
+  _write(p, json.dumps(meta), "w")
 
 
 def _bad_array_checksum(step_dir):
@@ -95,11 +105,11 @@ def _bad_array_checksum(step_dir):
   # disagrees, with the metadata checksum recomputed): the array check sees it.
   from rnnjax.train._checkpoint import _json_sha
   p = os.path.join(step_dir, "meta", "metadata")
-  meta = json.load(open(p))
+  meta = json.loads(_read(p, "r"))
   k = next(iter(meta["checksums"]))
   meta["checksums"][k] = "0" * 64
   meta["sha256"] = _json_sha(meta)
-  json.dump(meta, open(p, "w"))
+  _write(p, json.dumps(meta), "w")
 
 
 CORRUPTIONS = {"truncated array file": _truncate, "flipped bytes": _flip,

@@ -154,10 +154,11 @@ def test_reduce_lr_on_plateau_follows_optax_contrib_and_scales_the_updates():
                   optimizer=optax.sgd(_LR), steps=12, callbacks=[cb])
   # Reference: the same optax transformation fed the same values.
   tx = optax.contrib.reduce_on_plateau(factor=0.5, patience=2, cooldown=0)
-  st, scales = tx.init({}), []
-  for _ in range(12):
-    scales.append(float(st.scale))  # the scale update k used
-    _, st = tx.update({}, st, value=jnp.float32(1.0))
+  with jax.numpy_dtype_promotion("standard"):  # optax mixes floats and int32 counters
+    st, scales = tx.init({}), []
+    for _ in range(12):
+      scales.append(float(st.scale))  # the scale update k used
+      _, st = tx.update({}, st, value=jnp.float32(1.0))
   assert min(scales) < 0.2  # it did reduce, several times
   assert res.metric("lr_scale").tolist() == pytest.approx(scales)
   assert float(res.params) == pytest.approx(_ls_w(12, scales), rel=1e-5)
@@ -204,7 +205,8 @@ def _tb_scalars(logdir):
   from tensorboardX.proto import event_pb2
   out = {}
   for name in sorted(os.listdir(logdir)):
-    data = open(os.path.join(logdir, name), "rb").read()
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
     pos = 0
     while pos < len(data):
       (n,) = struct.unpack("<Q", data[pos:pos + 8])
@@ -237,7 +239,7 @@ def test_nan_gradients_are_reported_and_every_writer_is_valid(tmp_path):
   assert math.isnan(h[1]["grad_norm"]) and math.isnan(h[1]["loss"])
   assert h[2]["grad_norm"] == math.inf and h[2]["loss"] == math.inf
   assert [e["skipped"] for e in h] == [0, 1, 2, 2]
-  lines = open(tmp_path / "m.jsonl").read().splitlines()
+  lines = (tmp_path / "m.jsonl").read_text().splitlines()
 
   def no_constants(c):
     raise AssertionError(f"invalid JSON constant {c}")
@@ -246,7 +248,8 @@ def test_nan_gradients_are_reported_and_every_writer_is_valid(tmp_path):
   back = train.read_jsonl(tmp_path / "m.jsonl")
   assert math.isnan(back[1]["loss"]) and back[2]["loss"] == math.inf
   assert back[0] == h[0] and back[3] == h[3]
-  rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+  with open(tmp_path / "m.csv") as f:
+    rows = list(csv.DictReader(f))
   assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
   assert math.isnan(float(rows[1]["grad_norm"])) and float(rows[2]["loss"]) == math.inf
   assert float(rows[3]["loss"]) == pytest.approx(h[3]["loss"], rel=1e-6)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import jax
 import numpy as np
 import optax
 
@@ -198,7 +199,8 @@ class ReduceLROnPlateau(_Monitor):
         factor=float(factor), patience=int(patience), rtol=float(rtol), atol=float(atol),
         cooldown=int(cooldown), accumulation_size=int(accumulation_size),
         min_scale=float(min_scale))
-    self._state = self._tx.init({})
+    with jax.numpy_dtype_promotion("standard"):
+      self._state = self._tx.init({})
 
   @property
   def scale(self) -> float:
@@ -210,7 +212,8 @@ class ReduceLROnPlateau(_Monitor):
     loop.lr_scale = self.scale
 
   def observe(self, loop, step, value):
-    _, self._state = self._tx.update({}, self._state, value=np.float32(value))
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes floats and int32 counters
+      _, self._state = self._tx.update({}, self._state, value=np.float32(value))
     loop.lr_scale = self.scale
 
   def state_dict(self):

@@ -142,7 +142,20 @@ class Optimizer(optax.GradientTransformation):
   config: Any
 
   def __new__(cls, tx, config):
-    self = super().__new__(cls, tx.init, tx.update)
+    init, update = tx.init, tx.update
+
+    # optax's optimizers mix Python floats and int32 step counts (e.g. Adam's
+    # bias correction); they run under standard dtype promotion even where the
+    # caller enables jax_numpy_dtype_promotion="strict".
+    def init_fn(params):
+      with jax.numpy_dtype_promotion("standard"):
+        return init(params)
+
+    def update_fn(updates, state, params=None):
+      with jax.numpy_dtype_promotion("standard"):
+        return update(updates, state, params)
+
+    self = super().__new__(cls, init_fn, update_fn)
     object.__setattr__(self, "config", config)
     return self
 

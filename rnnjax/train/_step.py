@@ -108,7 +108,11 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
     key = jax.random.fold_in(state.key, state.step)
     (loss, aux), grads = grad_fn(state.params, batch, key)
     grad_norm = global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    # optax's optimizers mix Python floats with int32 step counts (Adam's bias
+    # correction): they run under standard promotion even when the user's code
+    # runs under jax_numpy_dtype_promotion="strict".
+    with jax.numpy_dtype_promotion("standard"):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda u: u * jnp.asarray(lr_scale).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
