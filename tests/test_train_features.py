@@ -61,6 +61,7 @@ def test_equal_optimizers_compile_the_step_once():
 # ----------------------------------------------------------------------------- array data
 
 
+@pytest.mark.slow
 def test_array_data_epochs_shuffle_validation_split_keras_style():
   X, Y, L = _arrays()
   params = _MODEL.init(jax.random.key(0), input_size=3)
@@ -144,6 +145,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_params():
               optimizer=optax.sgd(_LR), steps=2, callbacks=[train.EarlyStopping()])
 
 
+@pytest.mark.slow
 def test_reduce_lr_on_plateau_follows_optax_contrib_and_scales_the_updates():
   # The monitored aux metric is constant: a plateau from the start.
   def loss_fn(p, batch, key):
