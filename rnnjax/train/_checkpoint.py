@@ -38,6 +38,10 @@ stale and is taken over with a warning. Only files this module writes are
 ever deleted: numbered folders without the marker (not ours) are ignored and
 never removed, and ``keep`` only rotates our own checkpoints.
 
+Multi-process (``jax.distributed``): orbax writes the arrays collectively;
+the lock, the commit rename and the deletions are done by process 0 only
+(not yet exercised by a multi-process test).
+
 Before restoring, the leaf description in the metadata is compared with the
 current run's state; a difference (another model, another optimizer) raises a
 ``ValueError`` naming the checkpoint path and the first leaves that differ
