@@ -6,6 +6,7 @@ clip_norm on the same ReLU network.
 """
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -116,14 +117,14 @@ def test_resume_equals_uninterrupted_and_keeps_last_k(tmp_path):
   full = _small_fit(steps=12, checkpoint_dir=tmp_path / "a", checkpoint_every=4, keep=2,
                     jsonl=tmp_path / "a.jsonl")
   assert sorted(int(p) for p in os.listdir(tmp_path / "a") if p.isdigit()) == [8, 12]
-  assert [json.loads(l) for l in open(tmp_path / "a.jsonl")] == full.history
+  assert [json.loads(l) for l in pathlib.Path(tmp_path / "a.jsonl").read_text().splitlines()] == full.history
   part = _small_fit(steps=6, checkpoint_dir=tmp_path / "b", checkpoint_every=4,
                     jsonl=tmp_path / "b.jsonl")
   assert part.history == full.history[:6]
   resumed = _small_fit(steps=12, checkpoint_dir=tmp_path / "b", checkpoint_every=4, resume=True,
                        jsonl=tmp_path / "b.jsonl")
   assert resumed.history == full.history  # bit for bit, dropout keys included
-  assert [json.loads(l) for l in open(tmp_path / "b.jsonl")] == full.history
+  assert [json.loads(l) for l in pathlib.Path(tmp_path / "b.jsonl").read_text().splitlines()] == full.history
   for a, b in zip(_leaves((resumed.params, resumed.opt_state)), _leaves((full.params, full.opt_state))):
     np.testing.assert_array_equal(a, b)
   # The dropout key matters (so the test above could fail): another seed differs.

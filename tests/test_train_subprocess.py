@@ -5,6 +5,7 @@ are only two of them.
 """
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import rnnjax as rj
 from rnnjax import train
@@ -72,7 +74,8 @@ def test_sigkill_mid_run_loses_only_the_steps_since_the_last_checkpoint(tmp_path
   last = _committed_steps(ckpt)[-1]
   assert last >= 3
   n = last + 5
-  resumed = kill_fit(ckpt, n, jsonl=jsonl)
+  with pytest.warns(RuntimeWarning, match="removing the stale lock"):  # the killed child's lock
+    resumed = kill_fit(ckpt, n, jsonl=jsonl)
   # The restored part is exactly the child's history up to its last checkpoint,
   # and the whole run equals an uninterrupted one, bit for bit.
   fresh = kill_fit(None, n)
@@ -80,10 +83,11 @@ def test_sigkill_mid_run_loses_only_the_steps_since_the_last_checkpoint(tmp_path
   assert resumed.history == fresh.history
   for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(fresh.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  lines = [json.loads(l) for l in open(jsonl)]
+  lines = [json.loads(l) for l in pathlib.Path(jsonl).read_text().splitlines()]
   assert [h["step"] for h in lines] == list(range(1, n + 1))  # no step written twice
   assert _committed_steps(ckpt) == [n - 2, n - 1, n]  # keep=3
   assert not [d for d in os.listdir(ckpt) if "tmp" in d]  # leftovers of the kill are gone
+  assert not os.path.exists(os.path.join(ckpt, ".rnnjax-lock"))  # released at the end
 
 
 _SHARDED = textwrap.dedent("""

@@ -16,6 +16,11 @@ def global_norm(tree) -> jax.Array:
   gradient of norm 1e30 has a finite norm in float32 (the plain sum of
   squares would overflow to inf above ~1.8e19). Non-finite entries give a
   non-finite norm (NaN for a NaN entry, inf for an inf one); all zeros give 0.
+
+  This hand-written norm is kept (rather than ``optax.global_norm``) for that
+  overflow safety, and because :func:`rnnjax.train.clip_by_global_norm`
+  records the norm and the clip flag in its state (``optax``'s clipping
+  keeps no state), which :func:`rnnjax.train.fit` reports.
   """
   leaves = [jnp.asarray(g) for g in jax.tree_util.tree_leaves(tree)]
   if not leaves:
@@ -58,6 +63,10 @@ def gradient_stats(grads, *, clip_norm: Optional[float] = None) -> dict:
   * ``"clipped"``: ``global_norm > clip_norm`` (False when ``clip_norm`` is None);
   * ``"clip_scale"``: ``min(1, clip_norm / global_norm)``, the factor clipping
     multiplies the gradient by (1 when ``clip_norm`` is None).
+
+  Non-finite gradients are reported, not hidden: a leaf (and the global
+  norm) holding a NaN has norm NaN, one holding +-inf (and no NaN) has norm
+  inf; then ``clipped`` is False for NaN and ``clip_scale`` is NaN / 0.
   """
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
   if not leaves:

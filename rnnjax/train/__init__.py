@@ -1,8 +1,8 @@
 """Training: optax optimizers with clipping and penalties, losses, tasks, a loop.
 
 Train any rnnjax model (or any pure ``loss_fn(params, batch, key)``) with one
-call, with the remedies of seeds 002/003 for exploding and vanishing
-gradients as options, and watch the gradients live::
+call, with remedies for exploding and vanishing gradients as options, and
+watch the gradients live::
 
   import jax, rnnjax as rj
   from rnnjax import train
@@ -29,16 +29,31 @@ gradients as options, and watch the gradients live::
 * Tasks -- seeded generators returning a :class:`Batch`:
   :func:`binary_addition`, :func:`adding_problem`, :func:`copy_task`,
   :func:`sequence_classification` (baselines in their docstrings).
-* The loop -- :func:`fit` (jitted pure step :func:`make_train_step`, metric
-  history, evaluation, progress bar, JSON lines, orbax checkpoints with exact
-  resume, data parallelism over all devices); :func:`gradient_stats`.
+* The loop -- :func:`fit`: a short loop over hooks around the jitted pure
+  step :func:`make_train_step`; a data function, an iterable, or in-memory
+  arrays with ``epochs`` / ``batch_size`` / ``shuffle`` /
+  ``validation_split`` (:class:`ArrayData`); evaluation, progress bar, metric
+  writers (:class:`JsonLinesWriter`, :class:`CsvWriter`,
+  :class:`TensorBoardWriter`), callbacks (:class:`Callback`,
+  :class:`EarlyStopping`, :class:`ReduceLROnPlateau`), checksummed orbax
+  checkpoints with exact resume and fallback past corrupt ones, data
+  parallelism over all devices; :func:`evaluate`, :func:`predict`,
+  :func:`gradient_stats`.
 """
 
 from rnnjax.diagnostics._gradstats import gradient_stats as gradient_stats
+from rnnjax.train._callbacks import Callback as Callback
+from rnnjax.train._callbacks import EarlyStopping as EarlyStopping
+from rnnjax.train._callbacks import ReduceLROnPlateau as ReduceLROnPlateau
+from rnnjax.train._checkpoint import CorruptCheckpointError as CorruptCheckpointError
+from rnnjax.train._data import ArrayData as ArrayData
+from rnnjax.train._data import evaluate as evaluate
+from rnnjax.train._data import predict as predict
 from rnnjax.train._loop import FitResult as FitResult
-from rnnjax.train._loop import TrainState as TrainState
+from rnnjax.train._loop import Loop as Loop
 from rnnjax.train._loop import fit as fit
-from rnnjax.train._loop import make_train_step as make_train_step
+from rnnjax.train._step import TrainState as TrainState
+from rnnjax.train._step import make_train_step as make_train_step
 from rnnjax.train._losses import LOSSES as LOSSES
 from rnnjax.train._losses import accuracy as accuracy
 from rnnjax.train._losses import binary_cross_entropy as binary_cross_entropy
@@ -46,6 +61,7 @@ from rnnjax.train._losses import cross_entropy as cross_entropy
 from rnnjax.train._losses import model_loss as model_loss
 from rnnjax.train._losses import mse as mse
 from rnnjax.train._optim import OPTIMIZERS as OPTIMIZERS
+from rnnjax.train._optim import Optimizer as Optimizer
 from rnnjax.train._optim import ClipByGlobalNormState as ClipByGlobalNormState
 from rnnjax.train._optim import clip_by_global_norm as clip_by_global_norm
 from rnnjax.train._optim import global_norm as global_norm
@@ -58,11 +74,18 @@ from rnnjax.train._tasks import adding_problem as adding_problem
 from rnnjax.train._tasks import binary_addition as binary_addition
 from rnnjax.train._tasks import copy_task as copy_task
 from rnnjax.train._tasks import sequence_classification as sequence_classification
+from rnnjax.train._writers import CsvWriter as CsvWriter
+from rnnjax.train._writers import JsonLinesWriter as JsonLinesWriter
+from rnnjax.train._writers import MetricWriter as MetricWriter
+from rnnjax.train._writers import TensorBoardWriter as TensorBoardWriter
+from rnnjax.train._writers import read_jsonl as read_jsonl
 
 __all__ = [
-    "Batch", "ClipByGlobalNormState", "FitResult", "LOSSES", "OPTIMIZERS", "TrainState",
-    "accuracy", "adding_problem", "binary_addition", "binary_cross_entropy",
-    "clip_by_global_norm", "copy_task", "cross_entropy", "fit", "global_norm", "gradient_stats",
-    "l1_penalty", "l2_penalty", "make_train_step", "model_loss", "mse", "optimizer",
-    "sequence_classification", "weight_clip",
+    "ArrayData", "Batch", "Callback", "ClipByGlobalNormState", "CorruptCheckpointError",
+    "CsvWriter", "EarlyStopping", "FitResult", "JsonLinesWriter", "LOSSES", "Loop",
+    "MetricWriter", "OPTIMIZERS", "Optimizer", "ReduceLROnPlateau", "TensorBoardWriter",
+    "TrainState", "accuracy", "adding_problem", "binary_addition", "binary_cross_entropy",
+    "clip_by_global_norm", "copy_task", "cross_entropy", "evaluate", "fit", "global_norm",
+    "gradient_stats", "l1_penalty", "l2_penalty", "make_train_step", "model_loss", "mse",
+    "optimizer", "predict", "read_jsonl", "sequence_classification", "weight_clip",
 ]

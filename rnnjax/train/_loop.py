@@ -1,43 +1,26 @@
-"""The training loop: :func:`fit` and its pure, jitted train step.
+"""The training loop: :func:`fit`, a short loop over hooks around the pure step.
 
-One update ``i`` (0-based) is::
+The update itself is the pure, jitted :func:`rnnjax.train.make_train_step`
+(``rnnjax.train._step``; its module docstring gives the update equation and
+every metric). Everything else -- batch checks, evaluation, adjoint norms,
+user callbacks, metric writers, the progress bar, checkpoints -- is a
+:class:`~rnnjax.train.Callback` (``rnnjax.train._hooks``), called by
+:meth:`Loop.run` at fixed points; a new loop feature is one more hook.
 
-  key_i          = fold_in(key, i)
-  (loss, aux), g = value_and_grad(loss_fn)(params, data(i), key_i)
-  updates, s'    = optimizer.update(g, s, params)
-  params'        = params + updates
-  ok             = loss, ||g|| and params' all finite
-  params, s      = (params', s') if ok else (params, s)      # skipped and counted otherwise
-
-Everything the update depends on -- params, optimizer state, ``i``, the
-base key -- lives in :class:`TrainState` and in the checkpoint, and the batch
-is ``data(i)``, a deterministic function of ``i``; so a run resumed from the
-checkpoint of step ``n`` computes exactly the updates ``n, n+1, ...`` of the
-uninterrupted run, and the same metrics, bit for bit.
-
-Metrics of every update (the history, one dict per update, ``"step"`` = the
-number of updates done):
-
-* ``loss``: the data loss (``aux`` entries of the loss function are added);
-* ``grad_norm``: the global L2 norm of the loss gradient, before clipping;
-* ``clipped``: whether a :func:`rnnjax.train.clip_by_global_norm` stage of the
-  optimizer (``optimizer(clip_norm=...)``) rescaled the gradient;
-* ``skipped``: cumulative number of skipped updates (non-finite loss, gradient
-  or params here, or non-finite updates caught by ``optax.apply_if_finite``);
-* ``eval_loss``, ``eval_<aux>`` every ``eval_every`` updates;
-* ``adjoint_norms`` every ``adjoint_every`` updates: the batch-mean
-  ``||dL/dh_t||`` for t = 0..T-1 from :func:`rnnjax.diagnostics.adjoint_norms`.
+Update ``i`` (0-based) reads the batch ``data(i)`` and the key
+``fold_in(key, i)``; both are deterministic in ``i``, and the train state,
+the history, ``lr_scale`` and the callbacks' states are in every checkpoint,
+so a run resumed from the checkpoint of step ``n`` computes exactly the
+updates ``n, n+1, ...`` of the uninterrupted run, and the same metrics, bit
+for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import sys
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -45,89 +28,13 @@ import numpy as np
 import optax
 
 from rnnjax import _checks
+from rnnjax.train import _hooks
+from rnnjax.train._callbacks import Callback
+from rnnjax.train._data import ArrayData, data_source, is_array_data
 from rnnjax.train._losses import model_loss, unpack_batch
-from rnnjax.train._optim import ClipByGlobalNormState, find_state, global_norm
 from rnnjax.train._sharding import DataParallel
-
-
-class TrainState(NamedTuple):
-  """Everything an update depends on besides the batch.
-
-  ``params``; ``opt_state`` (optax); ``step`` int32 (updates done); ``key``
-  (typed PRNG key; update i uses ``fold_in(key, i)``); ``skipped`` int32
-  (updates skipped by the loop's finiteness guard).
-  """
-  params: Any
-  opt_state: Any
-  step: Any
-  key: Any
-  skipped: Any
-
-
-def _with_aux(loss_fn):
-  def wrapped(params, batch, key):
-    out = loss_fn(params, batch, key)
-    if isinstance(out, tuple):
-      if len(out) != 2:
-        raise TypeError(f"loss_fn must return loss or (loss, aux), got a tuple of {len(out)}.")
-      loss, aux = out
-    else:
-      loss, aux = out, {}
-    aux = {} if aux is None else aux
-    if not isinstance(aux, dict):
-      raise TypeError(f"loss_fn's aux must be a dict of scalar metrics, got {type(aux).__name__}.")
-    if jnp.ndim(loss) != 0:
-      raise ValueError(f"loss_fn must return a scalar loss, got shape {jnp.shape(loss)}.")
-    for k, v in aux.items():
-      if jnp.ndim(v) != 0:
-        raise ValueError(f"loss_fn's aux[{k!r}] must be a scalar, got shape {jnp.shape(v)}.")
-    return loss, aux
-  return wrapped
-
-
-def _all_finite(tree):
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _select(ok, new, old):
-  return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-
-_RESERVED = ("step", "loss", "grad_norm", "clipped", "skipped")
-
-
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-  """The pure update ``(TrainState, batch) -> (TrainState, metrics)`` (not jitted).
-
-  ``loss_fn(params, batch, key) -> loss`` or ``(loss, aux)`` with ``aux`` a
-  dict of scalars. See the module docstring for the update and the metrics.
-  """
-  loss_and_aux = _with_aux(loss_fn)
-  grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
-
-  def train_step(state: TrainState, batch):
-    key = jax.random.fold_in(state.key, state.step)
-    (loss, aux), grads = grad_fn(state.params, batch, key)
-    grad_norm = global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
-    params = _select(ok, params, state.params)
-    opt_state = _select(ok, opt_state, state.opt_state)
-    skipped = state.skipped + (~ok).astype(jnp.int32)
-    clips = find_state(opt_state, ClipByGlobalNormState)
-    clipped = ok & (jnp.any(jnp.stack([c.clipped for c in clips])) if clips else False)
-    opt_skips = sum((s.total_notfinite.astype(jnp.int32)
-                     for s in find_state(opt_state, optax.ApplyIfFiniteState)), jnp.int32(0))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped,
-               "skipped": skipped + opt_skips}
-    for k, v in aux.items():
-      metrics[k if k not in _RESERVED else f"aux_{k}"] = v
-    return TrainState(params, opt_state, state.step + 1, state.key, skipped), metrics
-
-  return train_step
+from rnnjax.train._step import _RESERVED, TrainState, compiled, make_train_step  # noqa: F401
+from rnnjax.train._writers import as_writers
 
 
 @dataclasses.dataclass
@@ -135,16 +42,18 @@ class FitResult:
   """What :func:`fit` returns.
 
   Attributes:
-    params: the trained params.
+    params: the trained params (the best ones with
+      ``EarlyStopping(restore_best=True)``).
     opt_state: the final optimizer state.
-    history: one dict per update (see the module docstring), including the
+    history: one dict per update (see ``rnnjax.train._step``), including the
       updates restored from a checkpoint when resuming.
     step: updates done in total.
     skipped: updates skipped in total.
     seconds: wall time of this call's loop (compile included).
     step_seconds: mean wall time per update of this call after the first
-      (compiling) one, data loading and metric fetching included, evaluation,
+      (compiling) one, data loading and metric fetching included; evaluation,
       adjoint norms and checkpoint saves excluded; NaN with fewer than 2 updates.
+    stopped_early: True when a callback stopped the run before ``steps``.
   """
   params: Any
   opt_state: Any
@@ -153,35 +62,11 @@ class FitResult:
   skipped: int
   seconds: float
   step_seconds: float
+  stopped_early: bool = False
 
   def metric(self, name: str) -> np.ndarray:
     """``history`` column ``name`` as a float array (NaN where absent)."""
     return np.array([float(h[name]) if name in h else np.nan for h in self.history])
-
-
-_STEP_CACHE = {}
-
-
-def _compiled(loss_fn, optimizer, dp):
-  """One jitted step per (loss_fn, optimizer, devices): repeated fits reuse the executable."""
-  k = (loss_fn, optimizer, tuple(d.id for d in dp.devices))
-  if k not in _STEP_CACHE:
-    step = jax.jit(make_train_step(loss_fn, optimizer),
-                   in_shardings=(dp.replicated, dp.batch_sharding),
-                   out_shardings=(dp.replicated, dp.replicated))
-    evaluate = jax.jit(lambda p, b: _with_aux(loss_fn)(p, b, None),
-                       in_shardings=(dp.replicated, dp.batch_sharding),
-                       out_shardings=dp.replicated)
-    if len(_STEP_CACHE) > 32:
-      _STEP_CACHE.clear()
-    _STEP_CACHE[k] = (step, evaluate)
-  return _STEP_CACHE[k]
-
-
-def _ordered(entry):
-  """step, loss, grad_norm, clipped, skipped, then the other metrics by name."""
-  rank = lambda k: (_RESERVED.index(k) if k in _RESERVED else len(_RESERVED), k)  # noqa: E731
-  return {k: entry[k] for k in sorted(entry, key=rank)}
 
 
 def _to_python(x):
@@ -195,7 +80,93 @@ def _to_python(x):
   return x.astype(float).tolist()
 
 
-def _resolve_loss(model_or_loss, loss):
+class Loop:
+  """The running fit, as hooks see it.
+
+  Attributes: ``state`` (:class:`TrainState`), ``history`` (list of entries),
+  ``start`` / ``steps`` (first update of this call, total), ``stop_training``,
+  ``lr_scale``, ``result_params``, ``callbacks`` (the user's), ``has_eval``,
+  ``side_seconds`` (time in saves etc., left out of ``step_seconds``).
+  """
+
+  def __init__(self, *, state, step_fn, batch_at, dp, steps, hooks, callbacks, has_eval,
+               flush_every_step):
+    self.state, self.step_fn, self.batch_at, self.dp = state, step_fn, batch_at, dp
+    self.steps, self.start, self.history = steps, 0, []
+    self.hooks, self.callbacks, self.has_eval = hooks, callbacks, has_eval
+    self.flush_every_step = flush_every_step
+    self.stop_training, self.lr_scale, self.record_lr_scale = False, 1.0, False
+    self.result_params = None
+    self.pending, self.last_flush = [], time.perf_counter()
+    self.t_first, self.side_seconds = None, 0.0
+
+  @staticmethod
+  def order(entry):
+    """step, loss, grad_norm, clipped, skipped, then the other metrics by name."""
+    rank = lambda k: (_RESERVED.index(k) if k in _RESERVED else len(_RESERVED), k)  # noqa: E731
+    return {k: entry[k] for k in sorted(entry, key=rank)}
+
+  def run(self):
+    try:
+      for h in self.hooks:
+        h.on_fit_start(self)
+      for i in range(self.start, self.steps):
+        batch = self.batch_at(i)
+        for h in self.hooks:
+          h.on_batch(self, i, batch)
+        self.state, metrics = self.step_fn(self.state, self.dp.shard_batch(batch),
+                                           np.float32(self.lr_scale))
+        n = i + 1
+        t = time.perf_counter()
+        for h in self.hooks:
+          metrics = h.on_step(self, n, batch, metrics)
+        if self.record_lr_scale:
+          metrics = dict(metrics, lr_scale=np.float32(self.lr_scale))
+        self.side_seconds += time.perf_counter() - t
+        self.pending.append((n, metrics))
+        self._first_step_done(metrics)
+        if (self.flush_every_step or n == self.steps or time.perf_counter() - self.last_flush > 0.5
+            or any(h.wants_flush(self, n) for h in self.hooks)):
+          self.flush()
+        if self.stop_training:
+          break
+      self.flush()
+      jax.block_until_ready(self.state)
+      for h in self.hooks:
+        h.on_fit_end(self, self.history)
+    finally:
+      for h in self.hooks:
+        h.teardown(self)
+
+  def flush(self):
+    """Fetches the pending metrics; calls on_eval_end / on_step_end / on_flush in step order."""
+    if not self.pending:
+      return
+    fetched = jax.device_get([m for _, m in self.pending])
+    steps = [s for s, _ in self.pending]
+    self.pending = []
+    t = time.perf_counter()
+    for s, m in zip(steps, fetched):
+      entry = self.order(dict({k: _to_python(v) for k, v in m.items()}, step=s))
+      self.history.append(entry)
+      if "eval_loss" in entry:
+        for h in self.hooks:
+          h.on_eval_end(self, s, entry)
+      for h in self.hooks:
+        h.on_step_end(self, s, entry)
+    for h in self.hooks:
+      h.on_flush(self)
+    self.last_flush = time.perf_counter()
+    self.side_seconds += self.last_flush - t
+
+  def _first_step_done(self, metrics):
+    if self.t_first is None:  # the first update compiles: timed apart
+      jax.block_until_ready(metrics)
+      self.t_first, self.side_seconds = time.perf_counter(), 0.0
+
+
+def resolve_loss(model_or_loss, loss):
+  """``(loss_fn, model)`` from ``fit``'s first argument and ``loss=``."""
   if hasattr(model_or_loss, "init") and hasattr(model_or_loss, "apply"):
     if loss is None:
       raise ValueError("fit(model, ...) needs loss= one of 'mse', 'cross_entropy', "
@@ -209,65 +180,62 @@ def _resolve_loss(model_or_loss, loss):
   return model_or_loss, None
 
 
-def _data_source(data):
-  """Returns ``batch_at(i)``; iterables are read in order (fast-forwarded on resume)."""
-  if callable(data):
-    return data
-  if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-    raise TypeError("data must be a function step -> batch or an iterable of batches, "
-                    f"got {type(data).__name__}.")
-  it = iter(data)
-  pos = [0]
-
-  def batch_at(i):
-    if i < pos[0]:
-      raise ValueError("an iterable data source can only be read forward; pass a function "
-                       "step -> batch for resumable training.")
-    try:
-      while pos[0] < i:  # fast-forward (resuming)
-        next(it)
-        pos[0] += 1
-      batch = next(it)
-    except StopIteration:
-      raise ValueError(f"data ran out of batches at step {pos[0]} (needed {i + 1}).") from None
-    pos[0] += 1
-    return batch
-
-  return batch_at
+def _check_params(params):
+  leaves = jax.tree_util.tree_leaves(params)
+  if params is None or not leaves:
+    raise TypeError("params must be a non-empty pytree of arrays (e.g. model.init(key, "
+                    f"input_size=...)), got {type(params).__name__}: {params!r:.80}.")
+  bad = [type(x).__name__ for x in leaves if not hasattr(x, "dtype") and not isinstance(x, (int, float))]
+  if bad:
+    raise TypeError(f"params must be a pytree of arrays, got leaves of type {sorted(set(bad))}.")
 
 
-def _check_batch_fits(loss_fn, params, batch, key, i, what="data"):
-  try:
-    jax.eval_shape(lambda p, b, k: _with_aux(loss_fn)(p, b, k), params, batch, key)
-  except (ValueError, TypeError) as e:
-    cls = TypeError if isinstance(e, TypeError) else ValueError
-    raise cls(f"the batch {what}({i}) does not fit the model/loss: {e}") from e
+def _check_devices(devices):
+  if devices is None:
+    return
+  devices = list(devices)
+  ids = [getattr(d, "id", None) for d in devices]
+  if any(i is None for i in ids):
+    raise TypeError(f"devices must be jax devices (e.g. jax.devices()[:2]), got {devices!r}.")
+  dup = sorted({d for d in ids if ids.count(d) > 1})
+  if dup:
+    raise ValueError(f"devices lists the same device more than once (ids {dup}); pass distinct "
+                     "devices, e.g. jax.devices()[:2].")
 
 
-def _progress_bar(progress, total, initial):
-  if progress is None:
-    progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-  if not progress:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc="fit", dynamic_ncols=True, file=sys.stderr)
+def _key(seed):
+  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    return jax.random.key(int(seed))
+  _checks.check_key(seed, "seed")
+  return seed if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(seed)
 
 
-def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation, steps: int,
-        loss: Optional[str] = None, seed: Union[int, jax.Array] = 0,
+def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
+        steps: Optional[int] = None, loss: Optional[str] = None, seed: Union[int, jax.Array] = 0,
+        epochs: Optional[int] = None, batch_size: Optional[int] = None, shuffle: bool = True,
+        validation_data=None, validation_split: Optional[float] = None,
         eval_data=None, eval_every: Optional[int] = None,
+        callbacks: Sequence[Callback] = (), writers=None,
         checkpoint_dir=None, checkpoint_every: Optional[int] = None, keep: int = 3,
         resume: bool = False, jsonl=None, progress: Optional[bool] = None,
         devices=None, adjoint_every: Optional[int] = None) -> FitResult:
-  r"""Trains ``params`` for ``steps`` updates; returns a :class:`FitResult`.
+  r"""Trains ``params``; returns a :class:`FitResult`.
 
-  Example::
+  Two ways to feed it. A function ``i -> batch`` (or an iterable) and
+  ``steps=``::
 
     model = rj.SequenceModel([rj.LSTM(32)], rj.Dense(1))
     params = model.init(jax.random.key(0), input_size=2)
     res = rj.train.fit(model, params, lambda i: rj.train.adding_problem(64, seed=(0, i)),
                        loss="mse", optimizer=rj.train.optimizer("adam", 1e-2, clip_norm=1.0),
                        steps=2000, checkpoint_dir="ckpt", checkpoint_every=500, resume=True)
+
+  Or in-memory arrays, Keras style (shuffled each epoch, seeded)::
+
+    res = rj.train.fit(model, params, (X, Y), loss="binary_cross_entropy",
+                       optimizer=rj.train.optimizer("adam", 1e-2), epochs=20, batch_size=32,
+                       validation_split=0.2,
+                       callbacks=[rj.train.EarlyStopping("eval_loss", patience=3)])
 
   Args:
     model_or_loss: an rnnjax model (``init``/``apply``/``logits``, e.g.
@@ -278,48 +246,85 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
     params: the initial params (ignored when resuming from a checkpoint).
     data: a function ``i -> batch`` for update ``i`` (0-based), deterministic
       in ``i`` for exact resuming (e.g. ``lambda i: adding_problem(64,
-      seed=(0, i))``), or an iterable of batches. A batch is a
-      :class:`~rnnjax.train.Batch` / tuple ``(x, y[, lengths])`` / dict for
-      models, or any pytree a loss_fn understands; its leaves have the batch
-      on axis 0.
+      seed=(0, i))``); an iterable of batches; or in-memory arrays ``(X, Y)``
+      / ``(X, Y, lengths)`` / :class:`~rnnjax.train.Batch` / ``{"x", "y"}``
+      with the samples on axis 0 (then ``epochs``, ``batch_size``,
+      ``shuffle``, ``validation_split`` apply; see
+      :class:`rnnjax.train.ArrayData`). A batch is a ``Batch`` / tuple
+      ``(x, y[, lengths])`` / dict for models, or any pytree a loss_fn
+      understands; its leaves have the batch on axis 0. With a model and
+      ``cross_entropy`` / ``binary_cross_entropy``, labels outside ``[0, C)``
+      / targets outside ``[0, 1]`` raise a ``ValueError`` naming the batch
+      before its update.
     optimizer: an ``optax.GradientTransformation``, e.g. from
       :func:`rnnjax.train.optimizer` (whose clipping state feeds the
-      ``clipped`` metric).
+      ``clipped`` metric, and which compares by value: an equal optimizer
+      reuses the compiled step).
     steps: total number of updates (including those restored on resume).
+      With array data, instead ``epochs`` (default 1): ``steps = epochs *
+      (N // batch_size)``.
     loss: with a model: ``"mse"``, ``"cross_entropy"`` or
       ``"binary_cross_entropy"`` (see :func:`rnnjax.train.model_loss`).
-    seed: int or PRNG key; update i gets ``fold_in(key, i)``.
-    eval_data: a batch, or a function ``step -> batch``, evaluated (without
-      dropout) every ``eval_every`` updates and after the last.
-    eval_every: evaluation period in updates (default: only at the end).
-    checkpoint_dir: folder for orbax checkpoints (params, optimizer state,
-      step, key, skipped count, history), written every ``checkpoint_every``
-      updates and after the last; the ``keep`` most recent are kept.
-    resume: continue from the latest checkpoint in ``checkpoint_dir`` if there
-      is one (else start fresh). Without it, a folder that already holds
-      checkpoints is an error (nothing is overwritten).
-    jsonl: path of a JSON-lines file receiving every history entry (rewritten
-      from the checkpoint's history on resume, so it never repeats a step).
+    seed: int or PRNG key; update i gets ``fold_in(key, i)``; also seeds
+      the shuffling of array data.
+    epochs, batch_size, shuffle: for array data (``batch_size`` default 32).
+    validation_data: evaluated (without dropout) at the end of every epoch
+      (array data) or every ``eval_every`` updates: a batch ``(X, Y[,
+      lengths])`` or a function ``step -> batch``. Same as ``eval_data``.
+    validation_split: for array data: hold out the last fraction of the
+      samples (before shuffling) as validation data.
+    eval_data: alias of ``validation_data`` (metrics ``eval_loss``,
+      ``eval_<aux>``).
+    eval_every: evaluation period in updates (default: every epoch with
+      ``epochs``, else only at the end).
+    callbacks: :class:`~rnnjax.train.Callback` s, e.g.
+      :class:`~rnnjax.train.EarlyStopping`,
+      :class:`~rnnjax.train.ReduceLROnPlateau` or your own (``on_step_end``,
+      ``on_eval_end``, ``on_fit_end`` receive the metrics). With any
+      callback the metrics are fetched after every update.
+    writers: metric writers (:class:`~rnnjax.train.JsonLinesWriter`,
+      :class:`~rnnjax.train.CsvWriter`, :class:`~rnnjax.train.TensorBoardWriter`)
+      or paths ending in ``.jsonl`` / ``.csv``.
+    checkpoint_dir: folder for checkpoints (params, optimizer state, step,
+      key, skipped count, history, callback states; arrays by orbax, with
+      SHA-256 checksums), written every ``checkpoint_every`` updates and
+      after the last; the ``keep`` most recent are kept. The folder is locked
+      while ``fit`` runs: a second run on it fails at once.
+    resume: continue from the latest intact checkpoint in ``checkpoint_dir``
+      if there is one (else start fresh); a corrupt newer one is reported
+      (``RuntimeWarning``) and skipped. Without it, a folder that already
+      holds checkpoints is an error (nothing is overwritten). A checkpoint
+      past ``steps`` trains nothing: a ``RuntimeWarning``, and the
+      checkpoint's state is returned.
+    jsonl: path of a JSON-lines file receiving every history entry (strict
+      JSON: NaN as ``null``, +-inf as ``"Infinity"`` / ``"-Infinity"``;
+      rewritten from the checkpoint's history on resume).
     progress: show a tqdm bar with live loss and gradient norm; default: only
       when stderr is a terminal.
-    devices: devices for data parallelism (default ``jax.devices()``, all of
-      them): params replicated, batch split on axis 0 (see
-      ``rnnjax.train._sharding``); the batch size must be divisible by the number
-      of (local) devices.
+    devices: distinct devices for data parallelism (default
+      ``jax.devices()``): params replicated, batch split on axis 0; the batch
+      size must be divisible by the number of (local) devices.
     adjoint_every: every this many updates record ``adjoint_norms``, the
       batch-mean ``||dL/dh_t||`` of the first recurrent layer (models only).
 
   Raises:
-    ValueError / TypeError: a batch that does not fit the model (e.g. feature
-      size), a batch size not divisible by the device count, an unreadable or
-      mismatched checkpoint (naming the path and the leaves that differ).
+    ValueError / TypeError: bad arguments (named), a batch that does not fit
+      the model, labels out of range, a locked or mismatched checkpoint
+      folder, no intact checkpoint to resume from.
   """
   t_start = time.perf_counter()
-  loss_fn, model = _resolve_loss(model_or_loss, loss)
+  loss_fn, model = resolve_loss(model_or_loss, loss)
+  _check_params(params)
   if not isinstance(optimizer, optax.GradientTransformation):
     raise TypeError("optimizer must be an optax.GradientTransformation (e.g. "
                     f"rnnjax.train.optimizer('adam', 1e-3)), got {type(optimizer).__name__}.")
-  steps = _checks.check_positive_int(steps, "steps")
+  _check_devices(devices)
+  array_data = (ArrayData(data, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                          validation_split=validation_split) if is_array_data(data) else None)
+  if array_data is None and (batch_size is not None or validation_split is not None):
+    raise ValueError("batch_size= and validation_split= apply to in-memory array data "
+                     "(X, Y); a data function or iterable makes its own batches.")
+  steps = _checks.check_positive_int(_hooks.steps_from_epochs(array_data, epochs, steps), "steps")
   for name, v in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every),
                   ("adjoint_every", adjoint_every)):
     if v is not None:
@@ -332,141 +337,55 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
   if adjoint_every is not None and model is None:
     raise ValueError("adjoint_every needs fit(model, ..., loss=...) (a model whose first "
                      "layer is a cell), not a bare loss_fn.")
-  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-    key = jax.random.key(int(seed))
-  else:
-    _checks.check_key(seed, "seed")
-    key = seed if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(seed)
+  if eval_data is not None and validation_data is not None:
+    raise ValueError("pass validation_data= or eval_data= (the same thing), not both.")
+  eval_data = validation_data if validation_data is not None else eval_data
+  if array_data is not None and array_data.validation is not None:
+    if eval_data is not None:
+      raise ValueError("pass validation_split= or validation_data=, not both.")
+    eval_data = array_data.validation
+  if eval_every is None and epochs is not None:
+    eval_every = array_data.steps_per_epoch
+  callbacks = list(callbacks)
+  bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+  if bad:
+    raise TypeError(f"callbacks must be rnnjax.train.Callback instances, got {bad}.")
 
   dp = DataParallel(devices)
-  batch_at = _data_source(data)
-  step_fn, eval_fn = _compiled(loss_fn, optimizer, dp)
-  adjoint_fn = _adjoint_fn(model, loss) if adjoint_every else None
-
+  step_fn, eval_fn = compiled(loss_fn, optimizer, dp)
   params = dp.replicate(params)
   state = TrainState(params, dp.replicate(optimizer.init(params)), dp.replicate(jnp.int32(0)),
-                     dp.replicate(key), dp.replicate(jnp.int32(0)))
-  history: list = []
-  ckpt = jf = bar = None
-  pending = []  # (step, device metrics) not yet fetched
-  last_flush = time.perf_counter()
+                     dp.replicate(_key(seed)), dp.replicate(jnp.int32(0)))
+  targets = _hooks.TargetCheck(model, loss)
+  hooks = [_hooks.BatchChecks(loss_fn, dp, targets)]
+  if eval_data is not None:
+    hooks.append(_hooks.Evaluation(eval_fn, loss_fn, eval_data, eval_every, dp, targets))
+  if adjoint_every:
+    hooks.append(_hooks.AdjointNorms(_adjoint_fn(model, loss), adjoint_every))
+  hooks += callbacks
+  hooks += [_hooks.Writers(as_writers(writers, jsonl)), _hooks.Progress(progress)]
+  loop = Loop(state=state, step_fn=step_fn, batch_at=array_data or data_source(data), dp=dp,
+              steps=steps, hooks=hooks, callbacks=callbacks, has_eval=eval_data is not None,
+              flush_every_step=bool(callbacks))
+  if checkpoint_dir is not None:
+    ckpt = _hooks.Checkpointing(checkpoint_dir, checkpoint_every, keep, resume)
+    hooks.append(ckpt)  # last: saves after the callbacks updated their state
+    try:
+      ckpt.restore(loop)
+    except BaseException:
+      ckpt.teardown(loop)
+      raise
+  loop.run()
 
-  def flush():
-    nonlocal last_flush
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
-      entry = _ordered(dict({k: _to_python(v) for k, v in m.items()}, step=s))
-      history.append(entry)
-      if jf is not None:
-        jf.write(json.dumps(entry) + "\n")
-    if jf is not None:
-      jf.flush()
-    if bar is not None:
-      h = history[-1]
-      bar.set_postfix(loss=f"{h['loss']:.4g}", grad_norm=f"{h['grad_norm']:.3g}",
-                      skipped=h["skipped"], refresh=False)
-    pending.clear()
-    last_flush = time.perf_counter()
-
-  t_first, side_seconds = None, 0.0
-  try:
-    if checkpoint_dir is not None:
-      from rnnjax.train._checkpoint import Checkpointer
-      ckpt = Checkpointer(checkpoint_dir, keep=keep)
-      latest = ckpt.latest_step()
-      if latest is not None and not resume:
-        raise ValueError(f"checkpoint_dir {ckpt.directory!r} already holds checkpoints (latest "
-                         f"step {latest}); pass resume=True to continue, or use an empty folder.")
-      if latest is not None:
-        state, history = _restore(ckpt, state, latest)
-    start = int(state.step)
-    if jsonl is not None:
-      jf = open(os.fspath(jsonl), "w")
-      for h in history:
-        jf.write(json.dumps(h) + "\n")
-      jf.flush()
-    if eval_data is not None and not callable(eval_data):
-      fixed_eval = dp.shard_batch(eval_data)
-      eval_batch_at = lambda i: fixed_eval  # noqa: E731
-    elif eval_data is not None:
-      eval_batch_at = lambda i: dp.shard_batch(eval_data(i))  # noqa: E731
-    else:
-      eval_batch_at = None
-    eval_checked = False
-    bar = _progress_bar(progress, steps, start)
-
-    for i in range(start, steps):
-      batch = batch_at(i)
-      if i == start:
-        dp.check_batch(batch, argname=f"data({i})")
-        _check_batch_fits(loss_fn, state.params, batch, state.key, i)
-      state, metrics = step_fn(state, dp.shard_batch(batch))
-      n = i + 1
-      t_side = time.perf_counter()  # evaluation, adjoints, saves: not in step_seconds
-      if eval_batch_at is not None and (n == steps or (eval_every and n % eval_every == 0)):
-        eb = eval_batch_at(n)
-        if not eval_checked:
-          _check_batch_fits(loss_fn, state.params, eb, state.key, n, "eval_data")
-          eval_checked = True
-        eloss, eaux = eval_fn(state.params, eb)
-        metrics = dict(metrics, eval_loss=eloss, **{f"eval_{k}": v for k, v in eaux.items()})
-      if adjoint_fn is not None and (n % adjoint_every == 0 or n == steps):
-        metrics = dict(metrics, adjoint_norms=adjoint_fn(state.params, batch))
-      side_seconds += time.perf_counter() - t_side
-      pending.append((n, metrics))
-      if t_first is None:
-        jax.block_until_ready(metrics)
-        t_first = time.perf_counter()
-        side_seconds = 0.0
-      if bar is not None:
-        bar.update(1)
-      save_now = ckpt is not None and (n == steps or (checkpoint_every and n % checkpoint_every == 0))
-      if save_now or n == steps or time.perf_counter() - last_flush > 0.5:
-        flush()
-      if save_now:
-        t_side = time.perf_counter()
-        _save(ckpt, state, history, n)
-        side_seconds += time.perf_counter() - t_side
-    flush()
-    jax.block_until_ready(state)
-  finally:
-    if bar is not None:
-      bar.close()
-    if jf is not None:
-      jf.close()
-    if ckpt is not None:
-      ckpt.close()
   t_end = time.perf_counter()
-  done = steps - start
-  step_seconds = ((t_end - t_first - side_seconds) / (done - 1)
-                  if t_first is not None and done > 1 else math.nan)
-  return FitResult(params=state.params, opt_state=state.opt_state, history=history,
-                   step=int(state.step), skipped=history[-1]["skipped"] if history else 0,
-                   seconds=t_end - t_start, step_seconds=step_seconds)
-
-
-def _checkpoint_tree(state: TrainState):
-  return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-          "key": jax.random.key_data(state.key), "skipped": state.skipped}
-
-
-def _save(ckpt, state, history, n):
-  # Snapshot the history: the save may run in a background thread while the
-  # loop keeps appending to the live list.
-  ckpt.save(n, _checkpoint_tree(state), {"history": [dict(h) for h in history[:n]]})
-
-
-def _restore(ckpt, state, step):
-  tree, meta = ckpt.restore(_checkpoint_tree(state), step)
-  key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(state.key))
-  restored = TrainState(tree["params"], tree["opt_state"], tree["step"], key, tree["skipped"])
-  history = [_ordered(h) for h in meta.get("history", [])]
-  if int(restored.step) != step or len(history) != step:
-    raise ValueError(f"checkpoint {ckpt.path(step)!r} is inconsistent: step {int(restored.step)}, "
-                     f"{len(history)} history entries, folder name {step}.")
-  return restored, history
+  done = int(loop.state.step) - loop.start
+  step_seconds = ((t_end - loop.t_first - loop.side_seconds) / (done - 1)
+                  if loop.t_first is not None and done > 1 else math.nan)
+  return FitResult(params=loop.result_params if loop.result_params is not None else loop.state.params,
+                   opt_state=loop.state.opt_state, history=loop.history, step=int(loop.state.step),
+                   skipped=loop.history[-1]["skipped"] if loop.history else 0,
+                   seconds=t_end - t_start, step_seconds=step_seconds,
+                   stopped_early=int(loop.state.step) < steps)
 
 
 def _adjoint_fn(model, loss_name):

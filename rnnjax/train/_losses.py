@@ -12,22 +12,65 @@ every loss is the mean over the counted elements (sum / count; 0 when nothing
 counts), so padding never changes the value. Without ``lengths`` it is the
 plain mean over all elements.
 
-Equations (mean over counted elements):
+Equations (mean over counted elements); the elementwise values come from
+``optax.losses``, the masking and the mean from here:
 
-* MSE: ``(pred - target)**2``.
-* Cross-entropy: ``-log_softmax(z)[label]`` with the stable
-  ``log_softmax(z) = z - max(z) - log(sum(exp(z - max(z))))``.
+* MSE: ``(pred - target)**2`` (``optax.losses.squared_error``, i.e. twice
+  ``optax.losses.l2_loss``).
+* Cross-entropy: ``-log_softmax(z)[label]``
+  (``optax.losses.softmax_cross_entropy_with_integer_labels``, stable).
 * Binary cross-entropy from logits ``z`` and targets ``y`` in [0, 1]:
-  ``max(z, 0) - z*y + log(1 + exp(-|z|))``, which equals
-  ``-y log(sigmoid(z)) - (1-y) log(1 - sigmoid(z))`` without overflow.
+  ``-y log(sigmoid(z)) - (1-y) log(1 - sigmoid(z))``
+  (``optax.losses.sigmoid_binary_cross_entropy``, stable for large ``|z|``).
+
+Labels and targets are range-checked when they are concrete (not traced):
+a class label outside ``[0, C)`` or a binary target outside ``[0, 1]`` is a
+``ValueError`` rather than a silently wrong loss. Under ``jit`` the check
+cannot run; :func:`rnnjax.train.fit` checks its batches on the host instead.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from rnnjax import _checks
+
+
+def _concrete(x):
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_labels(labels, num_classes: int, argname: str = "labels") -> None:
+  """ValueError unless every (concrete) integer label is in ``[0, num_classes)``."""
+  if not _concrete(labels):
+    return
+  a = np.asarray(labels)
+  if a.size == 0:
+    return
+  lo, hi = int(a.min()), int(a.max())
+  if lo < 0 or hi >= num_classes:
+    bad = lo if lo < 0 else hi
+    raise ValueError(f"{argname} must be class indices in [0, {num_classes}) (the logits have "
+                     f"{num_classes} classes), got {bad} (min {lo}, max {hi}).")
+
+
+def check_targets01(targets, argname: str = "targets") -> None:
+  """ValueError unless every (concrete) binary target is in ``[0, 1]`` (NaN is let through:
+  it gives a NaN loss, which the training loop reports and skips)."""
+  if not _concrete(targets):
+    return
+  a = np.asarray(targets)
+  if a.size == 0:
+    return
+  out = (a < 0) | (a > 1)
+  if np.any(out):
+    bad = a[out].ravel()[0]
+    raise ValueError(f"{argname} of binary_cross_entropy must be in [0, 1] (probabilities of "
+                     f"the positive class), got {float(bad)!r} (min {float(np.nanmin(a))}, "
+                     f"max {float(np.nanmax(a))}).")
 
 
 def _time_mask(lengths, batch_shape, num_steps, argname="lengths"):
@@ -74,7 +117,8 @@ def mse(pred, target, lengths=None):
   if tuple(pred.shape) != tuple(target.shape):
     raise ValueError(f"target must have the shape of pred {tuple(pred.shape)}, "
                      f"got {tuple(target.shape)}.")
-  return _elementwise_loss(jnp.square(pred - target.astype(pred.dtype)), lengths, "mse")
+  values = optax.losses.squared_error(pred, target.astype(pred.dtype))
+  return _elementwise_loss(values, lengths, "mse")
 
 
 def binary_cross_entropy(logits, targets, lengths=None):
@@ -82,17 +126,19 @@ def binary_cross_entropy(logits, targets, lengths=None):
 
   Args:
     logits: float ``[*B, T, O]`` (or ``[*B, O]``), pre-sigmoid.
-    targets: same shape, values in [0, 1].
+    targets: same shape, values in [0, 1] (checked when concrete).
     lengths: optional int ``[*B]``; only steps ``t < lengths`` count.
+
+  Raises:
+    ValueError: a concrete target outside ``[0, 1]``.
   """
   _check_float(logits, "logits")
   targets = jnp.asarray(targets)
   if tuple(logits.shape) != tuple(targets.shape):
     raise ValueError(f"targets must have the shape of logits {tuple(logits.shape)}, "
                      f"got {tuple(targets.shape)}.")
-  y = targets.astype(logits.dtype)
-  z = logits
-  values = jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z)))
+  check_targets01(targets)
+  values = optax.losses.sigmoid_binary_cross_entropy(logits, targets.astype(logits.dtype))
   return _elementwise_loss(values, lengths, "binary_cross_entropy")
 
 
@@ -101,8 +147,11 @@ def cross_entropy(logits, labels, lengths=None):
 
   Args:
     logits: float ``[*B, T, C]`` (or ``[*B, C]`` without ``lengths``).
-    labels: int ``[*B, T]`` (or ``[*B]``) in ``[0, C)``.
+    labels: int ``[*B, T]`` (or ``[*B]``) in ``[0, C)`` (checked when concrete).
     lengths: optional int ``[*B]``; only steps ``t < lengths`` count.
+
+  Raises:
+    ValueError: a concrete label outside ``[0, C)``.
   """
   _check_float(logits, "logits")
   labels = jnp.asarray(labels)
@@ -111,8 +160,8 @@ def cross_entropy(logits, labels, lengths=None):
   if tuple(labels.shape) != tuple(logits.shape[:-1]):
     raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits shape without "
                      f"the class axis), got {tuple(labels.shape)}.")
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  check_labels(labels, logits.shape[-1])
+  nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
   if lengths is None:
     return jnp.mean(nll)
   if nll.ndim < 1:

@@ -129,6 +129,62 @@ def _add_penalty(grad_of_penalty):
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+class Optimizer(optax.GradientTransformation):
+  """The ``optax.GradientTransformation`` returned by :func:`optimizer`,
+  equal to (and hashing like) any other built from the same arguments.
+
+  It is an ``optax.GradientTransformation`` (a ``(init, update)`` named tuple)
+  in every respect; equality by configuration is what lets :func:`fit` reuse
+  its compiled step when called again with a fresh but equal
+  ``optimizer(...)``. ``config`` holds the arguments; an optimizer built with
+  an unhashable argument (e.g. a ``penalty_mask`` pytree) compares by identity.
+  """
+  config: Any
+
+  def __new__(cls, tx, config):
+    init, update = tx.init, tx.update
+
+    # optax's optimizers mix Python floats and int32 step counts (e.g. Adam's
+    # bias correction); they run under standard dtype promotion even where the
+    # caller enables jax_numpy_dtype_promotion="strict".
+    def init_fn(params):
+      with jax.numpy_dtype_promotion("standard"):
+        return init(params)
+
+    def update_fn(updates, state, params=None):
+      with jax.numpy_dtype_promotion("standard"):
+        return update(updates, state, params)
+
+    self = super().__new__(cls, init_fn, update_fn)
+    object.__setattr__(self, "config", config)
+    return self
+
+  def __eq__(self, other):
+    if self is other:
+      return True
+    if isinstance(other, Optimizer) and self.config is not None and other.config is not None:
+      return self.config == other.config
+    return False
+
+  def __ne__(self, other):
+    return not self == other
+
+  def __hash__(self):
+    return hash(self.config) if self.config is not None else id(self)
+
+  def __repr__(self):
+    return f"rnnjax.train.Optimizer{self.config!r}" if self.config is not None else "rnnjax.train.Optimizer(...)"
+
+
+def _config_key(*args, kwargs):
+  key = args + (tuple(sorted(kwargs.items())),)
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
+
+
 def optimizer(name: str = "adam", learning_rate: Union[float, Callable] = 1e-3, *,
               clip_norm: Optional[float] = None,
               clip_value: Optional[float] = None,
@@ -169,9 +225,13 @@ def optimizer(name: str = "adam", learning_rate: Union[float, Callable] = 1e-3, 
       ``b1``, ``b2``, ``eps``, ``decay``, ``weight_decay``).
 
   Returns:
-    an ``optax.GradientTransformation``. With ``clip_norm`` its state contains
+    an ``optax.GradientTransformation`` (an :class:`Optimizer`: two calls with
+    equal arguments give equal, equally hashed optimizers, so :func:`fit`
+    compiles its step once for both). With ``clip_norm`` its state contains
     a :class:`ClipByGlobalNormState` (pre-clipping norm, clipped flag).
   """
+  config = _config_key(name, learning_rate, clip_norm, clip_value, adaptive_clip, weight_clip,
+                       l1, l2, penalty_mask, skip_nonfinite, kwargs=optimizer_kwargs)
   if not isinstance(name, str) or name not in OPTIMIZERS:
     raise ValueError(f"name must be one of {OPTIMIZERS}, got {name!r}.")
   if not callable(learning_rate):
@@ -200,7 +260,7 @@ def optimizer(name: str = "adam", learning_rate: Union[float, Callable] = 1e-3, 
   if skip_nonfinite:
     # Never give up skipping: a NaN must never be written into params.
     tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
-  return tx
+  return Optimizer(tx, config)
 
 
 def _base_optimizer(name, lr, kwargs):
