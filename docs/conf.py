@@ -24,6 +24,7 @@ autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+napoleon_use_ivar = True  # "Attributes:" as fields, not a second description of each field
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_static_path = ["_static"]
