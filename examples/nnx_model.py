@@ -13,8 +13,8 @@ dropout off for evaluation. Then ``rnnjax.diagnostics.diagnose`` runs on the
 trained recurrent layers (``model.rnn.cell`` and ``model.rnn.get_params()``,
 the Stack as one cell whose state is both layers' carries).
 
-Run: ``python examples/nnx_model.py`` (about a minute on 2 CPU cores) or
-``--quick``.
+Run: ``python examples/nnx_model.py`` (800 steps; a few minutes on 2 CPU
+cores; it reaches a test MSE near 0.001) or ``--quick``.
 """
 
 from __future__ import annotations
