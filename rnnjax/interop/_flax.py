@@ -163,7 +163,7 @@ def _nnx_params(cell, module) -> dict:
   return out
 
 
-def from_flax(cell, flax_params) -> dict:
+def from_flax(cell: Any, flax_params: Any) -> dict:
   """Converts a Flax cell's parameters (linen or NNX) to rnnjax params.
 
   Args:
@@ -266,7 +266,7 @@ def _to_nnx(cell, name, out, w_i, w_h, b, params, rnn):
   return nnx.RNN(module) if rnn else module
 
 
-def to_flax(cell, params, *, kind: Optional[Any] = None, rnn: bool = False):
+def to_flax(cell: Any, params: Any, *, kind: Optional[Any] = None, rnn: bool = False) -> Any:
   """Converts rnnjax params to a Flax cell: linen variables or an NNX module.
 
   Args:
