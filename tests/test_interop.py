@@ -429,5 +429,9 @@ def test_flax_nnx_errors():
   gp = dict(gru.init(jax.random.key(1), I), b_hn=jnp.ones(H))
   with pytest.raises(ValueError, match="nnx.GRUCell has no hidden-side bias"):
     interop.to_flax(gru, gp, kind=nnx.GRUCell)
+  with pytest.raises(ValueError, match=r"LSTM\(peephole=True\) has no Flax equivalent"):
+    interop.from_flax(rj.LSTM(H, peephole=True), nnx.LSTMCell(I, H, rngs=nnx.Rngs(0)))
+  with pytest.raises(TypeError, match="must be an rnnjax SimpleRNN, IRNN, LSTM"):
+    interop.to_flax(rj.IndRNN(H), {})
   with pytest.raises(TypeError, match="rnn must be a bool"):
     interop.to_flax(gru, gp, rnn="yes")

@@ -64,13 +64,20 @@ def _gru_kind(cell, argname):
   return "GRUCell"
 
 
+def _lstm_kind(cell, argname):
+  if getattr(cell, "peephole", False):
+    raise ValueError(f"{argname}: LSTM(peephole=True) has no Flax equivalent (Flax's LSTM "
+                     "cells have no peephole weights); use LSTM(peephole=False).")
+  return "LSTMCell"
+
+
 # The Flax cell of each rnnjax cell class, looked up along the class's MRO (so
 # IRNN, a SimpleRNN, maps to SimpleCell): a kind name, or a function
 # (cell, argname) -> kind name that raises for a config Flax lacks.
 _FLAX_KIND = {
     JordanRNN: _jordan_kind,
     GRU: _gru_kind,
-    LSTM: "LSTMCell",
+    LSTM: _lstm_kind,
     SimpleRNN: "SimpleCell",
 }
 
