@@ -101,6 +101,7 @@ def test_diagnose_prints_what_the_documented_python_prints(capsys, tmp_path):
   assert str(report) in out
 
 
+@pytest.mark.slow
 def test_bench_runs_from_outside_the_repository(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   proc = subprocess.run(

@@ -129,6 +129,7 @@ def test_help(name, capsys):
   assert ex.__doc__.splitlines()[0][:40] in out
 
 
+@pytest.mark.slow
 def test_nnx_model_trains_with_nnx_optimizer_and_is_diagnosed(tmp_path):
   with jax.numpy_dtype_promotion("standard"):  # optax's Adam: float ** int32 count
     r = run("nnx_model", tmp_path, "--steps", "30", "--length", "10")
