@@ -144,35 +144,55 @@ def _parse_list(s: str, allowed, what: str) -> List[str]:
   return items
 
 
-def build_parser():
-  ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-  ap.add_argument("--cells", default=",".join(_common.CELLS), help="simple,lstm,gru")
+def add_arguments(ap, default_out=os.path.join(REPO, "benchmarks", "results")):
+  """The suite's options (shared by ``python -m benchmarks.run`` and ``rnnjax bench``)."""
+  ap.add_argument("--cells", default=",".join(_common.CELLS),
+                  help=f"comma list of {', '.join(_common.CELLS)}")
   ap.add_argument("--presets", default=None,
                   help=f"comma list of {', '.join(PRESETS)} (default all; --quick: tiny presets; "
                        "'none' with --sweep-T: only the sweep)")
   ap.add_argument("--impls", default=",".join(_impls.DEFAULT_IMPLS),
                   help=f"comma list of {', '.join(_impls.ADAPTERS)}, or 'all'")
-  ap.add_argument("--modes", default="fwd,fwdbwd", help="fwd,fwdbwd")
-  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd")
+  ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
   ap.add_argument("--repeats", type=int, default=10, help="max timed calls per round")
-  ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
   ap.add_argument("--target-s", type=float, default=0.5,
                   help="aim for about this many seconds of timed calls per round and config")
-  ap.add_argument("--roofline-n", type=int, default=2048)
-  ap.add_argument("--backend", default=None, help="JAX backend (cpu, gpu, tpu); default: JAX's default")
-  ap.add_argument("--sweep-T", default="", help="extra shapes: the --sweep-base preset at these T (for the plot)")
-  ap.add_argument("--sweep-base", default="small")
-  ap.add_argument("--quick", action="store_true", help="tiny shapes, 1 round, few repeats (smoke test)")
-  ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
-  ap.add_argument("--no-plot", action="store_true")
+  ap.add_argument("--roofline-n", type=int, default=2048,
+                  help="n of the n x n x n float32 matmul that measures the roofline")
+  ap.add_argument("--backend", default=None,
+                  help="JAX backend (cpu, gpu, tpu); default: JAX's default")
+  ap.add_argument("--sweep-T", default="",
+                  help="extra shapes: the --sweep-base preset at these T (for the plot)")
+  ap.add_argument("--sweep-base", default="small", help="the preset the T sweep starts from")
+  ap.add_argument("--quick", action="store_true",
+                  help="tiny shapes, 1 round, few repeats (smoke test)")
+  ap.add_argument("--out", default=default_out, help="folder for the results")
+  ap.add_argument("--no-plot", action="store_true", help="do not write results.png")
   ap.add_argument("--baseline-src", default=None,
                   help="a checkout of another rnnjax version: adds impl rnnjax_baseline "
-                       "(its rnnjax/ is imported by that worker) for an interleaved A/B")
+                       "(its rnnjax/ is imported by that worker) for an interleaved A/B "
+                       "(default: none)")
   ap.add_argument("--timeout-s", type=float, default=1800.0, help="per-command worker timeout")
   ap.add_argument("--host-malloc", default="default", choices=sorted(HOST_MALLOC),
                   help="glibc malloc settings of every worker: 'default', or 'retain' (freed "
                        "memory stays in the heap, so large temporaries cost no page faults per call)")
   return ap
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  def _get_help_string(self, action):  # a None default is explained in the help itself
+    if action.default is None and "default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
+def build_parser():
+  ap = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                               description=__doc__.split("\n\n")[0],
+                               formatter_class=_HelpFormatter)
+  return add_arguments(ap)
 
 
 def _configs(args) -> List[tuple]:
@@ -197,7 +217,30 @@ def _fmt_ms(t):
   return "-" if t is None else (f"{t * 1e3:.3g}" if t * 1e3 < 100 else f"{t * 1e3:.0f}")
 
 
+def check_args(args) -> None:
+  """Raises SystemExit with one line for an option out of range."""
+  for flag, v, lo in (("--rounds", args.rounds, 1), ("--repeats", args.repeats, 1),
+                      ("--warmup", args.warmup, 0), ("--roofline-n", args.roofline_n, 1)):
+    if v < lo:
+      raise SystemExit(f"{flag} must be >= {lo}, got {v}.")
+  for flag, v in (("--target-s", args.target_s), ("--timeout-s", args.timeout_s)):
+    if not v > 0:
+      raise SystemExit(f"{flag} must be > 0, got {v}.")
+  _parse_list(args.cells, _common.CELLS, "cells")
+  _parse_list(args.modes, _common.MODES, "modes")
+  if args.impls != "all":
+    _parse_list(args.impls, list(_impls.ADAPTERS), "impls")
+  if args.backend is not None:
+    import jax
+    try:
+      jax.devices(args.backend)
+    except RuntimeError as e:
+      raise SystemExit(f"--backend {args.backend!r} is not available here "
+                       f"({str(e).splitlines()[0]}).") from None
+
+
 def run(args) -> dict:
+  check_args(args)
   if args.quick:
     args.rounds = 1 if args.rounds == 3 else args.rounds
     args.repeats = min(args.repeats, 3)
@@ -494,9 +537,14 @@ def plot(data, path: str) -> bool:
   return True
 
 
-def main(argv=None):
-  args = build_parser().parse_args(argv)
-  data = run(args)
+def main_with_args(args, prog="python -m benchmarks.run"):
+  """Runs the suite for parsed ``args``; writes and returns the results."""
+  try:
+    data = run(args)
+  except SystemExit as e:  # the option checks: one line, named after the command
+    if isinstance(e.code, str) and not e.code.startswith(prog):
+      raise SystemExit(f"{prog}: error: {e.code}") from None
+    raise
   text = format_tables(data)
   print(text)
   with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -508,6 +556,10 @@ def main(argv=None):
   print(f"\nwrote {args.out}/results.json, results.md" + ("" if args.no_plot else ", results.png"),
         file=sys.stderr)
   return data
+
+
+def main(argv=None):
+  return main_with_args(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from rnnjax._scan import auto_plan as auto_plan
 from rnnjax._scan import default_input_projection as default_input_projection
 from rnnjax._scan import scan as scan
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Bidirectional", "Dense", "FusedParams", "GRU", "GatesVJP",

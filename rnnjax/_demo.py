@@ -18,15 +18,35 @@ import rnnjax as rj
 from rnnjax.train import _tasks
 
 
+DESCRIPTION = """\
+The main job. Trains seed 003's 8-bit binary adder: a + b with a, b in
+[0, 128), one bit pair per step, least significant bit first; a
+SimpleRNN(16, sigmoid) -> Dense(1, sigmoid) at every step, binary
+cross-entropy, Adam. Prints the accuracy (every bit of the sum right) on
+1,000 fresh sums, then runs the vanishing-gradient study at init (sigmoid and
+tanh RNNs, IRNN, LSTM, GRU on the adding problem) and writes a PNG to --out.
+"""
+
+
 def add_arguments(parser):
-  parser.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--hidden", type=int, default=16)
-  parser.add_argument("--lr", type=float, default=0.03)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--steps", type=int, default=2000, help="training steps")
+  parser.add_argument("--batch-size", type=int, default=64, help="sums per training batch")
+  parser.add_argument("--hidden", type=int, default=16, help="hidden size of the SimpleRNN")
+  parser.add_argument("--lr", type=float, default=0.03, help="Adam learning rate")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
   parser.add_argument("--T", type=int, default=100,
-                      help="sequence length of the vanishing-gradient study (default 100)")
-  parser.add_argument("--out", default="rnnjax_out", help="folder for PNG output")
+                      help="sequence length of the vanishing-gradient study")
+  parser.add_argument("--out", default="rnnjax_out", help="folder for the PNG")
+
+
+def _check(args):
+  from rnnjax.cli import fail
+  for flag, v, lo in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                      ("--hidden", args.hidden, 1), ("--T", args.T, 2)):
+    if v < lo:
+      raise fail("rnnjax demo", f"{flag} must be >= {lo}, got {v}.")
+  if not args.lr > 0:
+    raise fail("rnnjax demo", f"--lr must be > 0, got {args.lr}.")
 
 
 # The generator lives in rnnjax.train._tasks (rnnjax.train.binary_addition); same signature as before.
@@ -61,6 +81,7 @@ def binary_addition(steps=2000, batch_size=64, hidden=16, lr=0.03, seed=0, verbo
 
 
 def run(args) -> int:
+  _check(args)
   print("rnnjax demo 1/2: 8-bit binary addition (seed 003), SimpleRNN(16, sigmoid), Adam")
   res = binary_addition(args.steps, args.batch_size, args.hidden, args.lr, args.seed)
   print(f"  accuracy on 1,000 fresh sums: {100 * res['accuracy']:.1f}%  "

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -126,3 +127,18 @@ def test_help(name, capsys):
   out = capsys.readouterr().out
   assert "--quick" in out and "--out" in out
   assert ex.__doc__.splitlines()[0][:40] in out
+
+
+@pytest.mark.slow
+def test_nnx_model_trains_with_nnx_optimizer_and_is_diagnosed(tmp_path):
+  with jax.numpy_dtype_promotion("standard"):  # optax's Adam: float ** int32 count
+    r = run("nnx_model", tmp_path, "--steps", "30", "--length", "10")
+  losses = r["losses"]
+  assert len(losses) == 30 and all(math.isfinite(l) for l in losses)
+  # nnx.Optimizer + nnx.jit reduce the loss from its first value.
+  assert np.mean(losses[-10:]) < 0.5 * losses[0], (losses[0], losses[-10:])
+  rep = r["report"]
+  assert rep.name == "trained GRU stack" and rep.T == 10
+  assert rep.verdict in ("vanishing", "stable", "exploding")
+  assert set(rep.saturation) >= {"layer0.r", "layer1.n"}
+  assert os.path.exists(tmp_path / "nnx_model.png")

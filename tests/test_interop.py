@@ -335,3 +335,103 @@ def test_flax_errors(linen):
     interop.from_flax(rj.SimpleRNN(H), bad)
   with pytest.raises(TypeError, match="flax_params must be a dict"):
     interop.from_flax(rj.SimpleRNN(H), [1])
+
+
+# --------------------------------------------------------------------------
+# Flax NNX cells and whole nn.RNN layers
+
+def _randomize_nnx(module, seed):
+  """Every Param of an NNX module set to random values (biases start at zero)."""
+  from flax import nnx
+  state = nnx.state(module, nnx.Param)
+  leaves, treedef = jax.tree_util.tree_flatten(nnx.to_pure_dict(state))
+  pure = jax.tree_util.tree_unflatten(
+      treedef, [jnp.asarray(rand(l.shape, seed + i, 0.5)) for i, l in enumerate(leaves)])
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(module, state)
+  return pure
+
+
+@pytest.mark.parametrize("kind", FLAX_KINDS)
+def test_flax_nnx_cell_parity_and_round_trip(kind):
+  from flax import nnx
+  fcell = getattr(nnx, kind)(I, H, rngs=nnx.Rngs(0))
+  pure = _randomize_nnx(fcell, 50)
+  cell = {"GRUCell": rj.GRU(H), "SimpleCell": rj.SimpleRNN(H)}.get(kind, rj.LSTM(H))
+  params = interop.from_flax(cell, fcell)
+  if kind == "GRUCell":  # NNX's GRUCell has no hidden-side bias
+    np.testing.assert_array_equal(params["b_hn"], np.zeros(H))
+  xs = jnp.asarray(rand((B, T, I), 51))
+  h_np = rand((B, H), 52, 0.5)
+  if kind.endswith("LSTMCell"):
+    c_np = rand((B, H), 53, 0.5)
+    flax_carry = (jnp.asarray(c_np), jnp.asarray(h_np))
+    rj_carry = rj.LSTMCarry(h=jnp.asarray(h_np), c=jnp.asarray(c_np))
+  else:
+    flax_carry = rj_carry = jnp.asarray(h_np)
+
+  @nnx.jit
+  def flax_loop(fcell, carry, xs):
+    ys = []
+    for t in range(T):
+      carry, y = fcell(carry, xs[:, t])
+      ys.append(y)
+    return jnp.stack(ys, 1)
+
+  f_ys = flax_loop(fcell, flax_carry, xs)
+  np.testing.assert_allclose(rj.scan(cell, params, xs, rj_carry)[1], f_ys, atol=1e-5)
+  # to_flax(kind=nnx.X) builds the same module back: same tree, same values.
+  back = interop.to_flax(cell, params, kind=getattr(nnx, kind))
+  assert type(back) is type(fcell)
+  got = nnx.to_pure_dict(nnx.state(back, nnx.Param))
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(pure)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(pure)):
+    np.testing.assert_allclose(a, b, atol=1e-7)
+  # ... and from_flax of an nnx.RNN wrapping it gives the params again.
+  again = interop.from_flax(cell, interop.to_flax(cell, params, kind="nnx." + kind, rnn=True))
+  for k in params:
+    np.testing.assert_allclose(again[k], params[k], atol=1e-7)
+
+
+def test_flax_nnx_rnn_and_linen_rnn_layers(linen):
+  from flax import nnx
+  xs = jnp.asarray(rand((B, T, I), 60))
+  # A whole linen nn.RNN: its variables go in as they are ({"params": {"cell": ...}}).
+  layer = linen.RNN(linen.LSTMCell(features=H))
+  variables = layer.init(jax.random.key(0), xs)
+  assert list(variables["params"]) == ["cell"]
+  variables = jax.tree_util.tree_map(
+      lambda l: jnp.asarray(rand(l.shape, 61, 0.5)), variables)
+  cell = rj.LSTM(H)
+  params = interop.from_flax(cell, variables)
+  np.testing.assert_allclose(rj.scan(cell, params, xs)[1], layer.apply(variables, xs),
+                             atol=1e-5)
+  back = interop.to_flax(cell, params, rnn=True)
+  assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(variables)
+  np.testing.assert_allclose(layer.apply(back, xs), layer.apply(variables, xs), atol=1e-6)
+  # An nnx.RNN built by to_flax runs as the rnnjax cell does.
+  gru = rj.GRU(H)
+  gp = gru.init(jax.random.key(1), I)
+  nnx_rnn = interop.to_flax(gru, gp, kind=nnx.GRUCell, rnn=True)
+  assert isinstance(nnx_rnn, nnx.RNN)
+  np.testing.assert_allclose(nnx_rnn(xs), rj.scan(gru, gp, xs)[1], atol=1e-5)
+
+
+def test_flax_nnx_errors():
+  from flax import nnx
+  with pytest.raises(ValueError, match="kind='GRUCell' does not match cell LSTM"):
+    interop.from_flax(rj.LSTM(H), nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="residual=True"):
+    interop.from_flax(rj.SimpleRNN(H), nnx.SimpleCell(I, H, residual=True, rngs=nnx.Rngs(0)))
+  with pytest.raises(TypeError, match="an NNX module must be one of"):
+    interop.from_flax(rj.SimpleRNN(H), nnx.Linear(I, H, rngs=nnx.Rngs(0)))
+  gru = rj.GRU(H)
+  gp = dict(gru.init(jax.random.key(1), I), b_hn=jnp.ones(H))
+  with pytest.raises(ValueError, match="nnx.GRUCell has no hidden-side bias"):
+    interop.to_flax(gru, gp, kind=nnx.GRUCell)
+  with pytest.raises(ValueError, match=r"LSTM\(peephole=True\) has no Flax equivalent"):
+    interop.from_flax(rj.LSTM(H, peephole=True), nnx.LSTMCell(I, H, rngs=nnx.Rngs(0)))
+  with pytest.raises(TypeError, match="must be an rnnjax SimpleRNN, IRNN, LSTM"):
+    interop.to_flax(rj.IndRNN(H), {})
+  with pytest.raises(TypeError, match="rnn must be a bool"):
+    interop.to_flax(gru, gp, rnn="yes")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,7 @@ class LeafRange(NamedTuple):
   size: int
 
 
-def leaf_names(template) -> list:
+def leaf_names(template: Any) -> list:
   """Names of the carry's leaves, e.g. ``['.h', '.c']`` for an LSTM, ``['']`` for an array."""
   paths, _ = jax.tree_util.tree_flatten_with_path(template)
   return [jax.tree_util.keystr(p) for p, _ in paths]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,7 @@ def _path_name(path) -> str:
   return "/".join(parts) or "."
 
 
-def gradient_stats(grads, *, clip_norm: Optional[float] = None) -> dict:
+def gradient_stats(grads: Any, *, clip_norm: Optional[float] = None) -> dict:
   r"""Norms of a gradient pytree, and whether global-norm clipping would fire.
 
   Returns a dict (JAX scalars; works under ``jit``):

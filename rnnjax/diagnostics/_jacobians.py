@@ -13,6 +13,8 @@ returns ``||E^T dL/ds_i||``.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional, Union
+
 import functools
 import math
 
@@ -47,7 +49,9 @@ def _step_jacobians_impl(cell, params, xs, carry, lengths, leaf):
   return core.per_sequence(seq, prep, xs)
 
 
-def step_jacobians(cell, params, xs, carry=None, *, lengths=None, leaf=None):
+def step_jacobians(cell: Any, params: Any, xs: jax.Array, carry: Any = None, *,
+                   lengths: Optional[jax.Array] = None,
+                   leaf: Union[None, int, str] = None) -> jax.Array:
   """Exact per-step state Jacobians ``J_i = dh_i/dh_{i-1}``.
 
   Dense: memory ``O(T D^2)`` and ``D`` JVPs per step, so meant for small
@@ -248,8 +252,11 @@ def _jacobian_norms_impl(cell, params, xs, carry, lengths, key, *, leaf, method,
   return logn if log else jnp.exp(logn)
 
 
-def jacobian_norms(cell, params, xs, carry=None, *, ord=2, method="exact", log=False,
-                   lengths=None, leaf=None, num_probes=None, num_iters=20, key=None):
+def jacobian_norms(cell: Any, params: Any, xs: jax.Array, carry: Any = None, *,
+                   ord: Union[int, str] = 2, method: str = "exact", log: bool = False,
+                   lengths: Optional[jax.Array] = None, leaf: Union[None, int, str] = None,
+                   num_probes: Optional[int] = None, num_iters: int = 20,
+                   key: Optional[jax.Array] = None) -> jax.Array:
   """Norms of the Jacobian products ``||dh_{T-1}/dh_i||`` for every ``i``.
 
   Entry ``i`` is ``||A_i||`` with ``A_i = J_{T-1} ... J_{i+1}`` (``J_t =
@@ -387,7 +394,9 @@ def _adjoint_impl(loss_fn, cell, params, xs, carry, lengths):
   return sq
 
 
-def adjoint_norms(loss_fn, cell, params, xs, carry=None, *, lengths=None, leaf=None):
+def adjoint_norms(loss_fn: Callable[[jax.Array, Any], jax.Array], cell: Any, params: Any,
+                  xs: jax.Array, carry: Any = None, *, lengths: Optional[jax.Array] = None,
+                  leaf: Union[None, int, str] = None) -> jax.Array:
   """``||dL/dh_i||`` for every step ``i``, in one backward pass.
 
   A zero perturbation ``e_i`` is added to the carry after every step

@@ -17,6 +17,8 @@ Reference: Benettin, Galgani, Giorgilli & Strelcyn, Meccanica 15 (1980).
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 
 import jax
 import jax.numpy as jnp
@@ -82,8 +84,10 @@ def _lyapunov_impl(cell, params, xs, carry, lengths, key, *, k, warmup):
   return core.per_sequence(seq, prep, xs, noise)
 
 
-def lyapunov_exponents(cell, params, xs, carry=None, *, k=None, warmup=0, lengths=None,
-                       key=None):
+def lyapunov_exponents(cell: Any, params: Any, xs: jax.Array, carry: Any = None, *,
+                       k: Optional[int] = None, warmup: int = 0,
+                       lengths: Optional[jax.Array] = None,
+                       key: Optional[jax.Array] = None) -> jax.Array:
   """The ``k`` largest Lyapunov exponents of the driven state map.
 
   QR re-orthonormalisation (Benettin et al. 1980) of ``k`` tangent vectors

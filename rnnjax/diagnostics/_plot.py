@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence
+
 import os
 
 import numpy as np
@@ -17,7 +19,9 @@ def _require_matplotlib():
   return Figure
 
 
-def plot_gradient_norms(reports, path="gradient_norms.png", *, title=None, labels=None):
+def plot_gradient_norms(reports: Any, path: str = "gradient_norms.png", *,
+                        title: Optional[str] = None,
+                        labels: Optional[Sequence[str]] = None) -> str:
   """Draws ``||dh_T/dh_i||`` and ``||dL/dh_i||`` against the lag for one or more reports.
 
   One colour per report; solid: ``||dh_{L-1}/dh_i||`` (the Jacobian product);

@@ -20,7 +20,7 @@ Summary statistics (computed on the host from the jitted measurements):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -167,7 +167,7 @@ class Report:
     return "\n".join(lines)
 
 
-def summary_table(reports) -> str:
+def summary_table(reports: Sequence[Report]) -> str:
   """One line per report: cell, decay rate, memory horizon, largest exponent, verdict."""
   head = (f"{'cell':<22s} {'decay/step':>11s} {'horizon':>9s} {'lambda_max':>11s} "
           f"{'||dh_T/dh_0||':>14s}  verdict")
@@ -238,9 +238,13 @@ def _diagnose_impl(cell, params, xs, carry, lengths, key, *, leaf, ord, k, warmu
   return core.per_sequence(seq, prep, xs, noise)
 
 
-def diagnose(cell, params, xs, carry=None, *, lengths=None, loss_fn=None, method="exact",
-             ord=None, leaf=None, k=None, warmup=0, fraction=0.01, key=None,
-             name=None, with_saturation=True) -> Report:
+def diagnose(cell: Any, params: Any, xs: jax.Array, carry: Any = None, *,
+             lengths: Optional[jax.Array] = None,
+             loss_fn: Optional[Callable[[jax.Array, Any], jax.Array]] = None,
+             method: str = "exact", ord: Union[None, int, str] = None,
+             leaf: Union[None, int, str] = None, k: Optional[int] = None, warmup: int = 0,
+             fraction: float = 0.01, key: Optional[jax.Array] = None,
+             name: Optional[str] = None, with_saturation: bool = True) -> Report:
   """Runs every diagnostic on ``(cell, params, xs)`` and summarises them.
 
   Measures ``||dh_{L-1}/dh_i||`` (:func:`jacobian_norms`), ``||dL/dh_i||``

@@ -9,6 +9,8 @@ The study only needs the inputs: it diagnoses each cell at initialisation.
 
 from __future__ import annotations
 
+from typing import Any, List, Optional, Sequence, Tuple
+
 import os
 import time
 
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._cells import GRU, IRNN, LSTM, JordanRNN, SimpleRNN
-from rnnjax.diagnostics._report import diagnose, summary_table
+from rnnjax.diagnostics._report import Report, diagnose, summary_table
 
 STUDY_CELLS = ("sigmoid", "tanh", "irnn", "lstm", "gru")
 """The cells of :func:`vanishing_study` by default."""
@@ -45,7 +47,7 @@ def make_cell(name: str, hidden: int, *, forget_bias: float = 1.0):
   raise ValueError(f"cell must be one of {CELL_NAMES}, got {name!r}.")
 
 
-def adding_inputs(key, batch: int, T: int, dtype=jnp.float32):
+def adding_inputs(key: jax.Array, batch: int, T: int, dtype: Any = jnp.float32) -> jax.Array:
   """Adding-problem inputs ``[batch, T, 2]``: values U[0,1] and a two-hot marker."""
   if T < 2:
     raise ValueError(f"T must be >= 2 for the adding problem, got {T}.")
@@ -77,8 +79,9 @@ def _resolve_cells(cells, hidden):
   return out
 
 
-def vanishing_study(*, T=100, hidden=32, batch=8, seed=0, out_dir="rnnjax_out", cells=None,
-                    method="exact", verbose=True):
+def vanishing_study(*, T: int = 100, hidden: int = 32, batch: int = 8, seed: int = 0,
+                    out_dir: Optional[str] = "rnnjax_out", cells: Optional[Sequence[Any]] = None,
+                    method: str = "exact", verbose: bool = True) -> Tuple[List[Report], Optional[str]]:
   """Diagnoses several cells at init on adding-problem inputs and compares them.
 
   For each cell (default: sigmoid SimpleRNN, tanh SimpleRNN, IRNN, LSTM, GRU)

@@ -31,6 +31,8 @@ cannot run; :func:`rnnjax.train.fit` checks its batches on the host instead.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional, Tuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +106,7 @@ def _elementwise_loss(values, lengths, what):
   return _masked_mean(values, mask)
 
 
-def mse(pred, target, lengths=None):
+def mse(pred: jax.Array, target: jax.Array, lengths: Optional[jax.Array] = None) -> jax.Array:
   """Mean squared error over valid steps: ``mean((pred - target)**2)``.
 
   Args:
@@ -121,7 +123,8 @@ def mse(pred, target, lengths=None):
   return _elementwise_loss(values, lengths, "mse")
 
 
-def binary_cross_entropy(logits, targets, lengths=None):
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array,
+                         lengths: Optional[jax.Array] = None) -> jax.Array:
   """Binary cross-entropy from logits: ``max(z,0) - z*y + log1p(exp(-|z|))``.
 
   Args:
@@ -142,7 +145,8 @@ def binary_cross_entropy(logits, targets, lengths=None):
   return _elementwise_loss(values, lengths, "binary_cross_entropy")
 
 
-def cross_entropy(logits, labels, lengths=None):
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  lengths: Optional[jax.Array] = None) -> jax.Array:
   """Softmax cross-entropy with integer labels, stable log-softmax.
 
   Args:
@@ -170,7 +174,8 @@ def cross_entropy(logits, labels, lengths=None):
   return _masked_mean(nll, mask)
 
 
-def accuracy(logits, labels, lengths=None):
+def accuracy(logits: jax.Array, labels: jax.Array,
+             lengths: Optional[jax.Array] = None) -> jax.Array:
   """Fraction of correct predictions over valid steps.
 
   Integer ``labels`` ``[*B(, T)]``: ``argmax(logits) == labels`` (multi-class).
@@ -216,7 +221,7 @@ def unpack_batch(batch, argname="batch"):
 _MODEL_LOSS_CACHE = {}
 
 
-def model_loss(model, loss: str = "mse"):
+def model_loss(model: Any, loss: str = "mse") -> Callable[..., Tuple[jax.Array, dict]]:
   """``loss_fn(params, batch, key=None) -> (loss, aux)`` for an rnnjax model.
 
   ``model`` is anything with ``apply(params, xs, lengths=, key=)`` (and
