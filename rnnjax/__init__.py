@@ -24,6 +24,9 @@ from rnnjax._cells import LSTM as LSTM
 from rnnjax._cells import LSTMCarry as LSTMCarry
 from rnnjax._cells import RNNCell as RNNCell
 from rnnjax._cells import SimpleRNN as SimpleRNN
+from rnnjax._linear_cells import LRU as LRU
+from rnnjax._linear_cells import MinGRU as MinGRU
+from rnnjax._linear_cells import MinLSTM as MinLSTM
 from rnnjax._initializers import INITIALIZERS as INITIALIZERS
 from rnnjax._initializers import Initializer as Initializer
 from rnnjax._layers import Bidirectional as Bidirectional
@@ -39,7 +42,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Bidirectional", "Dense", "FusedParams", "GRU", "GatesVJP",
-    "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LSTM", "LSTMCarry",
+    "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LRU", "LSTM", "LSTMCarry", "MinGRU",
+    "MinLSTM",
     "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack", "auto_plan",
     "default_input_projection",
     "get_activation", "last_valid", "scan",
@@ -49,6 +53,6 @@ __all__ = [
 def __getattr__(name):
   # Submodules load lazily so `import rnnjax` stays light.
   import importlib
-  if name in ("diagnostics", "train", "interop", "nnx"):
+  if name in ("diagnostics", "train", "interop", "nnx", "parallel"):
     return importlib.import_module(f"rnnjax.{name}")
   raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
