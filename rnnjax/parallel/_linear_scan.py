@@ -33,8 +33,8 @@ def affine_scan(A, b, h0, *, reverse=False):
   With ``reverse=True`` the recursion runs backwards,
   ``h_t = A_t h_{t+1} + b_t`` with ``h_{T} = h0``. Returns ``h`` ``[T, D]``.
   """
-  b = b.at[-1 if reverse else 0].add(
-      A[-1 if reverse else 0] @ h0)
+  A, b, h0 = jnp.asarray(A), jnp.asarray(b), jnp.asarray(h0)
+  b = b.at[-1 if reverse else 0].add(A[-1 if reverse else 0] @ h0)
 
   def combine(e1, e2):
     # e1 earlier in the recursion, e2 later: e2 o e1.
@@ -53,6 +53,7 @@ def diagonal_scan(a, b, h0, *, reverse=False):
 
   ``reverse=True``: ``h_t = a_t * h_{t+1} + b_t`` with ``h_T = h0``.
   """
+  a, b, h0 = jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0)
   i = -1 if reverse else 0
   b = b.at[i].add(a[i] * h0)
 
@@ -72,6 +73,7 @@ def log_space_scan(log_a, log_b, log_h0):
   ``(la2 + la1, logaddexp(la2 + lb1, lb2))`` so no product of many ``a_t``
   under- or overflows. Shapes as :func:`diagonal_scan` (time on axis 0).
   """
+  log_a, log_b = jnp.asarray(log_a), jnp.asarray(log_b)
   log_b = log_b.at[0].set(jnp.logaddexp(log_a[0] + log_h0, log_b[0]))
 
   def combine(e1, e2):
@@ -94,6 +96,7 @@ def diagonal_kalman_smoother(F, u, y, m0, q, r):
   Returns the smoothed means ``[T, D]`` -- the minimiser of
   ``sum_t |x_t - F_t x_{t-1} - u_t|^2 / q + |x_t - y_t|^2 / r``.
   """
+  F, u, y, m0 = (jnp.asarray(v) for v in (F, u, y, m0))
   T = F.shape[0]
   q = jnp.broadcast_to(jnp.asarray(q, F.dtype), F.shape)
   r = jnp.broadcast_to(jnp.asarray(r, F.dtype), F.shape)

@@ -355,6 +355,8 @@ def _warn_message(it, res, lyap, conv, threshold, method):
   msg = (f"rnnjax.parallel.newton_scan(method={method!r}) did not converge for "
          f"{int(bad.sum())} of {bad.size} sequence(s) (iterations {it[bad].tolist()}, "
          f"residual {res[bad].tolist()}); ")
+  if (bad & ~np.isfinite(res)).any():
+    msg += "a non-finite iterate (the linearised recurrence overflowed: unstable dynamics); "
   if guard.any():
     msg += (f"Lyapunov exponent estimate {float(lyap[bad].max()):.3g} > {threshold} "
             "(chaotic: Newton needs O(T) iterations); ")
