@@ -30,6 +30,8 @@ PRESETS: Dict[str, Shape] = {
     "medium": Shape("medium", 64, 128, 128, 256),
     "large": Shape("large", 256, 64, 256, 512),
     "long": Shape("long", 8, 2048, 16, 64),
+    # for the parallel-in-time variants (rnnjax_deer, ...); not in the default preset list
+    "very_long": Shape("very_long", 4, 16384, 16, 32),
 }
 # --quick: tiny shapes for the smoke test.
 QUICK_PRESETS: Dict[str, Shape] = {

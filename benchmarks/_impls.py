@@ -126,6 +126,40 @@ def rnnjax_reference(cell, s, mode, backend):
   return _rnnjax(cell, s, mode, backend, "reference")
 
 
+def _rnnjax_newton(cell_name, s, mode, backend, method):
+  """rnnjax.parallel.newton_scan; the note gives the Newton iterations of an eager solve."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import rnnjax as rj
+  from rnnjax import parallel
+  cell = {"simple": rj.SimpleRNN, "lstm": rj.LSTM, "gru": rj.GRU}[cell_name](s.H)
+  params = cell.init(jax.random.key(0), s.I)
+  xs = jnp.asarray(_inputs(s))
+  _, _, info = parallel.newton_scan(cell, params, xs, method=method)
+  it = np.asarray(info.iterations)
+  note = (f"{method}: iterations {int(it.min())}-{int(it.max())}, max residual "
+          f"{float(np.max(info.residual)):.1e}, fallback {bool(np.any(info.fallback))}")
+  apply = lambda p, x: parallel.newton_scan(cell, p, x, method=method)[1]
+  fn = apply if mode == "fwd" else _loss_and_grad(apply)
+  return _jax_build(fn, (params, xs), _jax_device(backend), note=note)
+
+
+def rnnjax_deer(cell, s, mode, backend):
+  """rnnjax.parallel.newton_scan(method="deer"): dense-Jacobian Newton, associative scan."""
+  return _rnnjax_newton(cell, s, mode, backend, "deer")
+
+
+def rnnjax_quasi_deer(cell, s, mode, backend):
+  """rnnjax.parallel.newton_scan(method="quasi_deer"): diagonal-Jacobian Newton."""
+  return _rnnjax_newton(cell, s, mode, backend, "quasi_deer")
+
+
+def rnnjax_elk(cell, s, mode, backend):
+  """rnnjax.parallel.newton_scan(method="elk"): damped diagonal Newton (Kalman smoother)."""
+  return _rnnjax_newton(cell, s, mode, backend, "elk")
+
+
 # -- Flax linen ------------------------------------------------------------------
 
 def flax_linen(cell_name, s, mode, backend):
@@ -292,6 +326,9 @@ ADAPTERS: Dict[str, Callable] = {
     "rnnjax": rnnjax_auto,
     "rnnjax_reference": rnnjax_reference,
     "rnnjax_baseline": rnnjax_baseline,
+    "rnnjax_deer": rnnjax_deer,
+    "rnnjax_quasi_deer": rnnjax_quasi_deer,
+    "rnnjax_elk": rnnjax_elk,
     "flax_linen": flax_linen,
     "flax_nnx": flax_nnx,
     "torch": torch,
@@ -299,5 +336,6 @@ ADAPTERS: Dict[str, Callable] = {
     "haiku": haiku,
     "cudnn": cudnn,
 }
-OURS = ("rnnjax", "rnnjax_reference", "rnnjax_baseline")
+OURS = ("rnnjax", "rnnjax_reference", "rnnjax_baseline", "rnnjax_deer", "rnnjax_quasi_deer",
+        "rnnjax_elk")
 DEFAULT_IMPLS = ("rnnjax", "flax_linen", "flax_nnx", "torch", "equinox", "haiku", "cudnn")

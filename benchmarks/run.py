@@ -149,7 +149,7 @@ def add_arguments(ap, default_out=os.path.join(REPO, "benchmarks", "results")):
   ap.add_argument("--cells", default=",".join(_common.CELLS),
                   help=f"comma list of {', '.join(_common.CELLS)}")
   ap.add_argument("--presets", default=None,
-                  help=f"comma list of {', '.join(PRESETS)} (default all; --quick: tiny presets; "
+                  help=f"comma list of {', '.join(PRESETS)} (default all but very_long; --quick: tiny presets; "
                        "'none' with --sweep-T: only the sweep)")
   ap.add_argument("--impls", default=",".join(_impls.DEFAULT_IMPLS),
                   help=f"comma list of {', '.join(_impls.ADAPTERS)}, or 'all'")
@@ -200,7 +200,7 @@ def _configs(args) -> List[tuple]:
   modes = _parse_list(args.modes, _common.MODES, "modes")
   table = QUICK_PRESETS if args.quick else PRESETS
   if args.presets is None:
-    names = list(table)
+    names = [n for n in table if n != "very_long"]  # very_long only when named
   elif args.presets == "none" and args.sweep_T:  # only the sweep shapes
     names = []
   else:
