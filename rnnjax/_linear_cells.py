@@ -31,10 +31,15 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import _checks
-from rnnjax._cells import RNNCell, _cast
+from rnnjax._cells import FusedParams, NamedGate, RNNCell
 from rnnjax._initializers import init_gates
 
 Params = dict
+
+
+def _g(x):
+  """minGRU's positive activation ``g(x) = x + 0.5 (x >= 0), sigmoid(x) (x < 0)``."""
+  return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
 
 
 def _log_g(x):
@@ -75,11 +80,24 @@ class LinearRecurrentCell(RNNCell):
     """``y_t`` from the new state ``h_t`` and ``xp_t``; default ``h_t``."""
     return h
 
-  def recurrent_step(self, params, carry, xp):
-    a, b = self.linear_recurrence(params, xp)
+  def named_gates(self, pre):
+    """The :class:`NamedGate` tuple of the step's nonlinearities (saturation statistics)."""
+    return ()
+
+  # -- the cell protocol (rnnjax._cells), derived from the recurrence -------------
+  h_blocks = ()   # no recurrent matmul: a_t, b_t read the input only
+
+  def fused_params(self, params) -> FusedParams:
+    """Input weights and bias; the whole params dict is handed to the gate math."""
+    return FusedParams(params["w_i"], None, params["b"], params)
+
+  def gates(self, gp, pre, carry):
+    """``h_t = a_t * h_{t-1} + b_t`` with ``(a, b) = linear_recurrence(params, xp)``."""
+    xp = jnp.concatenate(pre, axis=-1)
+    a, b = self.linear_recurrence(gp, xp)
     h = a * self.carry_to_state(carry) + b
-    new = self.state_to_carry(h, carry.dtype)
-    return new, self.linear_output(params, h, xp).astype(carry.dtype)
+    y = self.linear_output(gp, h, xp).astype(carry.dtype)
+    return self.state_to_carry(h, carry.dtype), y, self.named_gates(pre)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +123,14 @@ class MinGRU(LinearRecurrentCell):
   dtype: Any = None
 
   num_gates = 2
+  pre_blocks = ("z", "h")
 
   def init(self, key, input_size: int) -> Params:
     """Returns ``{"w_i": [I, 2H], "b": [2H]}``."""
     return _init_input_only(self, key, input_size)
+
+  def named_gates(self, pre):
+    return NamedGate("z", pre[0], jax.nn.sigmoid), NamedGate("h", pre[1], _g)
 
   def log_recurrence(self, params, xp):
     H = self.hidden_size
@@ -148,6 +170,11 @@ class MinLSTM(LinearRecurrentCell):
   dtype: Any = None
 
   num_gates = 3
+  pre_blocks = ("f", "i", "h")
+
+  def named_gates(self, pre):
+    return (NamedGate("f", pre[0], jax.nn.sigmoid), NamedGate("i", pre[1], jax.nn.sigmoid),
+            NamedGate("h", pre[2], _g))
 
   def init(self, key, input_size: int) -> Params:
     """Returns ``{"w_i": [I, 3H], "b": [3H]}``."""
@@ -178,38 +205,36 @@ class LRU(LinearRecurrentCell):
      y_t &= \mathrm{Re}(h_t C) + x_t D
 
   Initialisation: ``|lambda|`` uniform on the ring ``[r_min, r_max]``
-  (``nu_log = log(-log(r)/1)`` with ``r^2`` uniform between ``r_min^2`` and
-  ``r_max^2``), phase uniform in ``[0, max_phase]``,
-  ``gamma = sqrt(1 - |lambda|^2)``; ``B``, ``C`` complex Gaussian with
-  variances ``1/I`` and ``1/H``, ``D`` Gaussian.
+  (``nu_log = log(-log|lambda|)`` with ``|lambda|^2`` uniform between
+  ``r_min^2`` and ``r_max^2``), phase ``exp(theta_log)`` uniform in
+  ``[0, max_phase]``, ``gamma = sqrt(1 - |lambda|^2)``; ``B`` and ``C``
+  complex Gaussian with variances ``1/I`` and ``1/H``, ``D`` standard Gaussian.
 
   Carry: the complex state as a real array ``[*batch, 2H]`` = ``[Re h, Im h]``
   (so every carry check and diagnostic that expects real floats works).
-  Params (all real): ``w_i`` ``[I, 2H + O]`` = ``[Re B | Im B | D]``,
-  ``nu_log``, ``theta_log``, ``gamma_log`` ``[H]``, ``c_re``, ``c_im``
-  ``[H, O]``. Output ``y_t`` ``[*batch, O]``.
+  Params (all real): ``w_i`` ``[I, 3H]`` = ``[Re B | Im B | D]`` (blocks
+  ``re, im, skip``; no bias), ``nu_log``, ``theta_log``, ``gamma_log``
+  ``[H]``, ``c_re``, ``c_im`` ``[H, H]``. Output ``y_t`` ``[*batch, H]`` (the
+  paper's output size equals the model width; stack a :class:`rnnjax.Dense`
+  for another size).
 
   Args:
-    hidden_size: H (complex state size).
-    output_size: O (default H).
+    hidden_size: H (complex state size, and output size).
     r_min, r_max: the ring of initial eigenvalue moduli, ``0 <= r_min < r_max <= 1``.
     max_phase: initial phases in ``[0, max_phase]``.
   """
 
-  output_size: int = None  # type: ignore[assignment]
   r_min: float = 0.0
   r_max: float = 1.0
   max_phase: float = 2 * math.pi
   param_dtype: Any = jnp.float32
   dtype: Any = None
 
-  num_gates = 2
+  num_gates = 3
+  pre_blocks = ("re", "im", "skip")
 
   def __post_init__(self):
     self._setup()
-    if self.output_size is None:
-      object.__setattr__(self, "output_size", self.hidden_size)
-    _checks.check_positive_int(self.output_size, "output_size")
     if not 0.0 <= float(self.r_min) < float(self.r_max) <= 1.0:
       raise ValueError(f"r_min and r_max must satisfy 0 <= r_min < r_max <= 1, got "
                        f"r_min={self.r_min}, r_max={self.r_max}.")
@@ -220,46 +245,42 @@ class LRU(LinearRecurrentCell):
   def state_size(self) -> int:
     return 2 * self.hidden_size
 
-  @property
-  def gate_size(self) -> int:
-    return 2 * self.hidden_size + self.output_size
-
   def init(self, key, input_size: int) -> Params:
     """Returns the real params listed in the class doc."""
     _checks.check_key(key)
     _checks.check_positive_int(input_size, "input_size")
-    H, O, pd = self.hidden_size, self.output_size, self.param_dtype
+    H, pd = self.hidden_size, self.param_dtype
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     u1 = jax.random.uniform(k1, (H,), pd)
     u2 = jax.random.uniform(k2, (H,), pd)
     r2 = u1 * (self.r_max ** 2 - self.r_min ** 2) + self.r_min ** 2
-    r2 = jnp.maximum(r2, jnp.finfo(pd).tiny)
+    r2 = jnp.clip(r2, jnp.finfo(pd).tiny, 1 - jnp.finfo(pd).eps)
     nu_log = jnp.log(-0.5 * jnp.log(r2))
     theta_log = jnp.log(jnp.maximum(self.max_phase * u2, jnp.finfo(pd).tiny))
-    mod = jnp.exp(-jnp.exp(nu_log))
-    gamma_log = 0.5 * jnp.log(jnp.maximum(1 - mod ** 2, jnp.finfo(pd).tiny))
+    gamma_log = 0.5 * jnp.log(1 - r2)
     B = jax.random.normal(k3, (input_size, 2 * H), pd) / math.sqrt(2 * input_size)
-    C = jax.random.normal(k4, (H, 2 * O), pd) / math.sqrt(H)
-    D = jax.random.normal(k5, (input_size, O), pd)
+    C = jax.random.normal(k4, (H, 2 * H), pd) / math.sqrt(2 * H)
+    D = jax.random.normal(k5, (input_size, H), pd)
     return {"w_i": jnp.concatenate([B, D], axis=1), "nu_log": nu_log,
             "theta_log": theta_log, "gamma_log": gamma_log,
-            "c_re": C[:, :O], "c_im": C[:, O:]}
+            "c_re": C[:, :H], "c_im": C[:, H:]}
 
-  def input_projection(self, params, x):
-    """``x @ [Re B | Im B | D]``: ``[*batch, I] -> [*batch, 2H + O]``."""
-    dt = self.dtype
-    return _cast(x, dt) @ _cast(params["w_i"], dt)
+  def fused_params(self, params) -> FusedParams:
+    """``w_i`` and a zero bias (the LRU has none); the gate math reads the rest."""
+    b = jnp.zeros((3 * self.hidden_size,), params["w_i"].dtype)
+    return FusedParams(params["w_i"], None, b, params)
 
   def eigenvalues(self, params):
     """The complex diagonal ``lambda`` ``[H]``."""
-    return jnp.exp(-jnp.exp(params["nu_log"]) + 1j * jnp.exp(params["theta_log"]))
+    return jnp.exp(jax.lax.complex(-jnp.exp(params["nu_log"]), jnp.exp(params["theta_log"])))
 
   def linear_recurrence(self, params, xp):
     H = self.hidden_size
-    lam = self.eigenvalues(params)
     bx = jax.lax.complex(xp[..., :H], xp[..., H:2 * H])
-    b = jnp.exp(params["gamma_log"]) * bx
-    return jnp.broadcast_to(lam, b.shape).astype(b.dtype), b
+    gamma = jnp.exp(params["gamma_log"]).astype(xp.dtype)
+    b = bx * jax.lax.complex(gamma, jnp.zeros_like(gamma))
+    lam = self.eigenvalues(params).astype(b.dtype)
+    return jnp.broadcast_to(lam, b.shape), b
 
   def carry_to_state(self, carry):
     H = self.hidden_size
@@ -270,9 +291,9 @@ class LRU(LinearRecurrentCell):
 
   def linear_output(self, params, h, xp):
     H = self.hidden_size
-    dt = jnp.real(h).dtype
-    y = jnp.real(h) @ params["c_re"].astype(dt) - jnp.imag(h) @ params["c_im"].astype(dt)
-    return y + xp[..., 2 * H:]
+    re, im = jnp.real(h), jnp.imag(h)
+    y = re @ params["c_re"].astype(re.dtype) - im @ params["c_im"].astype(re.dtype)
+    return y + xp[..., 2 * H:].astype(re.dtype)
 
 
 LINEAR_CELLS = (MinGRU, MinLSTM, LRU)

@@ -95,7 +95,7 @@ def test_min_cells_and_lru_match_float64_numpy_equations(x64):
   xs = np.random.default_rng(2).normal(size=(7, 3))
   H = 4
   for cell in (rj.MinGRU(H, param_dtype=jnp.float64), rj.MinLSTM(H, param_dtype=jnp.float64),
-               rj.LRU(H, output_size=2, r_min=0.4, param_dtype=jnp.float64)):
+               rj.LRU(H, r_min=0.4, param_dtype=jnp.float64)):
     p = jax.tree_util.tree_map(np.asarray, cell.init(key, 3))
     _, ys = parallel.linear_scan(cell, p, jnp.asarray(xs))
     h, ref = np.zeros(H, complex if isinstance(cell, rj.LRU) else float), []
@@ -141,7 +141,7 @@ def _loss(fn):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: rj.MinGRU(5), lambda: rj.MinLSTM(5), lambda: rj.LRU(4, output_size=3, r_min=0.5),
+    lambda: rj.MinGRU(5), lambda: rj.MinLSTM(5), lambda: rj.LRU(4, r_min=0.5),
     lambda: rj.Stack([rj.MinGRU(4), rj.LRU(3)])], ids=["mingru", "minlstm", "lru", "stack"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_associative_matches_reference_values_and_grads(make, reverse):
