@@ -113,6 +113,7 @@ def linear_scan(cell, params, xs, carry=None, *, lengths=None, reverse=False):
     valid = jnp.ones((N, T), bool)
   else:
     valid = jnp.arange(T)[None, :] < jnp.reshape(jnp.asarray(lengths), (N, 1))
+    xs_f = jnp.where(valid[..., None], xs_f, jnp.zeros_like(xs_f))  # padding: zeros, as rnnjax.scan
   final, ys = jax.vmap(lambda x, c, v: _one(cell, params, x, c, v, reverse))(xs_f, c_f, valid)
   return final.reshape(batch_shape + final.shape[-1:]), ys.reshape(batch_shape + (T,) + ys.shape[-1:])
 

@@ -323,6 +323,8 @@ def _run(cell, cfg, reverse, in_graph_fallback, params, xs, carry, lengths, init
     valid = jnp.ones((N, T), bool)
   else:
     valid = jnp.arange(T)[None, :] < lengths[:, None]
+    # Padding influences nothing (as in rnnjax.scan): zero it before any arithmetic.
+    xs = jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
   xs_p, valid_p, init_p = xs, valid, init
   if reverse:
     xs_p, valid_p, init_p = xs[:, ::-1], valid[:, ::-1], init[:, ::-1]
