@@ -61,6 +61,30 @@ def configs(H):
   return out
 
 
+def plot(results, Ts, methods, args):
+  """Iterations against lambda_1, one panel per method; hollow markers: not converged."""
+  plt = _common.pyplot()
+  fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True)
+  for ax, m in zip(np.atleast_1d(axes), methods):
+    for k, (T, mk) in enumerate(zip(Ts, "os^")):
+      col = f"C{k}"
+      pts = [r for r in results if r["method"] == m and r["T"] == T]
+      ok = [r for r in pts if r["converged"]]
+      bad = [r for r in pts if not r["converged"]]
+      ax.scatter([r["lyapunov"] for r in ok], [r["iterations"] for r in ok], marker=mk,
+                 color=col, label=f"T={T}")
+      ax.scatter([r["lyapunov"] for r in bad], [r["iterations"] for r in bad], marker=mk,
+                 facecolors="none", edgecolors=col)
+      ax.axhline(math.log2(T) ** 2, ls=":", lw=0.8, color=col)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_yscale("log")
+    ax.set_title(m)
+    ax.set_xlabel("largest Lyapunov exponent")
+  np.atleast_1d(axes)[0].set_ylabel("Newton iterations\n(hollow: not converged; dotted: (log2 T)^2)")
+  np.atleast_1d(axes)[0].legend(fontsize=8)
+  _common.savefig(fig, args, "parallel_study.png")
+
+
 def main(argv=None):
   ap = _common.parser(__doc__.splitlines()[0])
   ap.add_argument("--hidden", type=int, default=None)
@@ -108,25 +132,7 @@ def main(argv=None):
   print(_common.table(rows, ("config", "T", "method", "lambda_1", "estimate", "iterations",
                              "residual", "max|y-y_seq|", "s (incl. compile)")))
   if not args.no_plot:
-    plt = _common.pyplot()
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True)
-    for ax, m in zip(np.atleast_1d(axes), methods):
-      for T, mk in zip(Ts, "os^"):
-        pts = [r for r in results if r["method"] == m and r["T"] == T]
-        ok = [r for r in pts if r["converged"]]
-        bad = [r for r in pts if not r["converged"]]
-        sc = ax.scatter([r["lyapunov"] for r in ok], [r["iterations"] for r in ok], marker=mk,
-                        label=f"T={T}")
-        ax.scatter([r["lyapunov"] for r in bad], [r["iterations"] for r in bad], marker=mk,
-                   facecolors="none", edgecolors=sc.get_facecolor())
-        ax.axhline(math.log2(T) ** 2, ls=":", lw=0.8, color=sc.get_facecolor()[0])
-      ax.axvline(0, color="k", lw=0.5)
-      ax.set_yscale("log")
-      ax.set_title(m)
-      ax.set_xlabel("largest Lyapunov exponent")
-    np.atleast_1d(axes)[0].set_ylabel("Newton iterations\n(hollow: not converged; dotted: (log2 T)^2)")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    _common.savefig(fig, args, "parallel_study.png")
+    plot(results, Ts, methods, args)
   return {"results": results}
 
 
