@@ -63,7 +63,8 @@ from rnnjax import _fused
 from rnnjax import _layout
 
 _PROJECTIONS = ("auto", "hoisted", "inloop")
-_IMPLS = ("auto", "fused", "reference")
+_IMPLS = ("auto", "fused", "reference", "associative", "deer", "quasi_deer", "elk")
+_PARALLEL_IMPLS = ("associative", "deer", "quasi_deer", "elk")
 
 
 def auto_plan(cell, backend: Optional[str] = None) -> tuple:
@@ -146,13 +147,22 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     input_projection: ``"auto"``, ``"hoisted"`` or ``"inloop"`` (see module
       doc; both paths honour an explicit choice).
     impl: ``"auto"``, ``"fused"`` or ``"reference"`` (see module doc;
-      forward-mode autodiff needs ``"reference"``).
+      forward-mode autodiff needs ``"reference"``); or a parallel-in-time
+      method of :mod:`rnnjax.parallel`: ``"associative"`` (cells with a
+      linear recurrence: MinGRU, MinLSTM, LRU), ``"deer"``, ``"quasi_deer"``,
+      ``"elk"`` (Newton solves for any cell, falling back to the sequential
+      scan with a warning when they do not converge).
 
   Returns:
     ``(final_carry, ys)``.
   """
   if impl not in _IMPLS:
     raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+  if impl in _PARALLEL_IMPLS:
+    # Parallel in time (rnnjax.parallel); unroll and input_projection do not apply.
+    from rnnjax.parallel import scan_dispatch  # lazy: rnnjax.parallel imports this module
+    return scan_dispatch(cell, params, xs, carry, lengths=lengths, reverse=reverse,
+                         time_major=time_major, impl=impl)
   if impl == "fused" and not _fused.supports(cell):
     raise ValueError(
         f"impl='fused' does not support {type(cell).__name__} (it runs the rnnjax cells built "

@@ -298,3 +298,17 @@ def test_scan_dispatch_time_major_and_init_guess():
   # Starting from the solution: converged at once.
   _, _, info = parallel.newton_scan(cell, p, jnp.swapaxes(xs, 0, 1), init=jnp.swapaxes(y_ref, 0, 1))
   assert np.all(np.asarray(info.iterations) <= 1)
+
+
+def test_rj_scan_dispatches_the_parallel_impls():
+  """rj.scan(impl=...) reaches rnnjax.parallel with the ordinary scan API."""
+  cell = rj.MinGRU(4)
+  p = cell.init(jax.random.key(0), 3)
+  xs = jax.random.normal(jax.random.key(1), (2, 16, 3))
+  lengths = jnp.array([16, 9])
+  a = rj.scan(cell, p, xs, lengths=lengths, impl="associative")
+  b = rj.scan(cell, p, xs, lengths=lengths, impl="reference")
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, atol=2e-5, rtol=2e-5)
+  with pytest.raises(ValueError, match="impl must be one of"):
+    rj.scan(cell, p, xs, impl="newton")
