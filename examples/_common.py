@@ -199,6 +199,12 @@ def train_round_robin(runs, *, steps, time_limit=None, on_round=None, log=print)
   return done
 
 
+def member(params, i):
+  """Member ``i`` of stacked parameters (e.g. ``Members.params``)."""
+  import jax
+  return jax.tree_util.tree_map(lambda v: v[i], params)
+
+
 def window_means(curve, window):
   """Means of consecutive windows of ``window`` steps: ``[S, steps // window]``."""
   import numpy as np

@@ -21,9 +21,15 @@ Adam 1e-3 with global-norm clipping 1, batches of 32 drawn from the training
 set, 10,000 steps, 3 seeds. Reference: scikit-learn's ``LogisticRegression``
 on the 64 pixels of the same split (a model that sees the whole image).
 
-What we measured: see ``examples/README.md`` ("Sequential-pixel digits over
-seeds") for the table and figure of the run we could afford on a shared
-2-core CPU and its exact budget.
+What we measured: on the shared 2-core CPU (load 17-22) 500 steps (5% of the
+budget, 48 min wall) fitted. Test accuracy, median [min, max] over 3 seeds:
+tanh RNN 95.1% [92.7, 95.1], LSTM 71.6% [68.2, 75.1], GRU 70.2% [63.1, 74.7],
+IRNN 10.2% [10.0, 13.6] (chance: its cross-entropy stayed at ln 10);
+logistic regression 96.9%. At this budget and T = 64 the paper's ordering is
+reversed: the IRNN with Adam 1e-3 has not started to learn, while the tanh
+RNN, for which 64 steps is short enough, learns fastest. Whether the IRNN
+overtakes at the paper's budget is not tested. ``examples/README.md`` has the
+table and the figure.
 
 Each cell is one ``_common.Members`` program (its seeds trained together in
 one jitted, vmapped program). The test accuracy is measured on the 450 test
@@ -98,14 +104,15 @@ def report(curves, seconds, meta, args):
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
   if not args.no_plot:
     plt = _common.pyplot()
+    pw = max(1, min(WINDOW, steps // 50))  # plot window: finer for short runs
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for name in cells:
-      w = _common.window_means(curves[name], WINDOW)
-      x = (np.arange(w.shape[1]) + 1) * WINDOW
+      w = _common.window_means(curves[name], pw)
+      x = (np.arange(w.shape[1]) + 1) * pw
       line, = ax.plot(x, np.median(w, axis=0), label=LABELS[name])
       ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.axhline(np.log(10), color="k", ls="--", lw=1, label="chance, ln 10")
-    ax.set(xlabel="step", ylabel=f"train cross-entropy ({WINDOW}-step means)", yscale="log",
+    ax.set(xlabel="step", ylabel=f"train cross-entropy ({pw}-step means)", yscale="log",
            title="8x8 digits, one pixel per step (T = 64)")
     ax.legend(fontsize=8)
     _common.savefig(fig, args, "pixel_digits.png")
