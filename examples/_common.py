@@ -77,13 +77,14 @@ def table(rows, headers) -> str:
 
 
 def make_cell(name: str, hidden: int):
-  """The examples' cells by name: tanh / sigmoid SimpleRNN, IRNN, LSTM, GRU."""
+  """The examples' cells by name: tanh / sigmoid SimpleRNN, IRNN, LSTM, GRU, IndRNN."""
   import rnnjax as rj
   return {"tanh": lambda: rj.SimpleRNN(hidden, "tanh"),
           "sigmoid": lambda: rj.SimpleRNN(hidden, "sigmoid"),
           "irnn": lambda: rj.IRNN(hidden),
           "lstm": lambda: rj.LSTM(hidden),
-          "gru": lambda: rj.GRU(hidden)}[name]()
+          "gru": lambda: rj.GRU(hidden),
+          "indrnn": lambda: rj.IndRNN(hidden)}[name]()
 
 
 # ---------------------------------------------------------------------------

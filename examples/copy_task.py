@@ -56,8 +56,9 @@ from rnnjax import train
 
 NUM_SYMBOLS, NUM_COPY = 8, 10
 CELLS = ("lstm", "gru", "tanh", "irnn")
-LABELS = {"lstm": "LSTM", "gru": "GRU", "tanh": "tanh RNN", "irnn": "IRNN"}
-PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80}
+EXTRA_CELLS = ("indrnn",)          # available with --cells, not in the measured default
+LABELS = {"lstm": "LSTM", "gru": "GRU", "tanh": "tanh RNN", "irnn": "IRNN", "indrnn": "IndRNN"}
+PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80, "indrnn": 128}
 WINDOW, FINAL, THRESHOLD = 100, 500, 0.5
 
 
@@ -148,7 +149,8 @@ def main(argv=None) -> dict:
                  help="Arjovsky et al.'s grid: T 100 200 500, paper hidden sizes, RMSProp 1e-3, "
                       "batch 20, 3 seeds, 10,000 steps")
   p.add_argument("--lengths", type=int, nargs="+", default=None, help="delays T")
-  p.add_argument("--cells", nargs="+", default=None, choices=CELLS)
+  p.add_argument("--cells", nargs="+", default=None, choices=CELLS + EXTRA_CELLS,
+                 help="default: lstm gru tanh irnn; also indrnn (IndRNN 128, Li et al. 2018)")
   p.add_argument("--steps", type=int, default=None, help="updates per run")
   p.add_argument("--hidden", type=int, default=None,
                  help="one hidden size for every cell (default: LSTM 40, GRU 48, tanh 80, IRNN 80)")
