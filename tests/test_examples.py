@@ -59,6 +59,7 @@ def test_binary_addition(tmp_path):
   assert os.path.exists(tmp_path / "binary_addition.png")
 
 
+@pytest.mark.slow
 def test_adding_problem(tmp_path):
   # Quick size (T = 20, hidden 32, 300 Adam steps of 32, 2 seeds): the gated GRU leaves
   # the 1/6 plateau and solves the task in every seed; the tanh RNN stays on it.
@@ -93,6 +94,7 @@ def test_exploding_gradients(tmp_path):
   assert clip["skipped"] == 0 and clip["max_loss"] < 10 and clip["test_accuracy"] > 0.95
 
 
+@pytest.mark.slow
 def test_copy_task(tmp_path):
   # Quick size (3 symbols, T = 5, hidden 32, 250 Adam steps): the GRU gets below the
   # n ln 8 / (T + 2n) baseline and recalls symbols above chance (1/8).
@@ -117,6 +119,7 @@ def test_digits_rows(tmp_path):
   assert r["GRU"]["test_accuracy"] > 0.85
 
 
+@pytest.mark.slow
 def test_pixel_digits(tmp_path):
   # Quick size (4x4 pooled digits, one pixel per step, T = 16, hidden 32, 300 Adam
   # steps, 2 seeds): the GRU learns well above chance (10%).
@@ -165,6 +168,7 @@ def test_nnx_model_trains_with_nnx_optimizer_and_is_diagnosed(tmp_path):
 # --- the seeds-in-one-program trainer and the summaries the paper examples print ---
 
 
+@pytest.mark.slow
 def test_members_equal_separate_runs():
   # Seeds trained together (vmap, lr scaled after a rate-1 optimizer) against a plain
   # loop of rnnjax.train.optimizer updates per seed, with the same keys and batches.
@@ -181,14 +185,19 @@ def test_members_equal_separate_runs():
   assert losses.shape == (2, 4) and m.curve.shape == (2, 4) and m.steps_done == 4
   for i, (seed, lr) in enumerate([(3, 1e-2), (5, 3e-3)]):
     tx = train.optimizer("adam", lr, clip_norm=1.0)
+
+    @jax.jit
+    def step_fn(p, o, step):
+      batch = sample(jax.random.fold_in(jax.random.key(seed + 10**6), step))
+      loss, g = jax.value_and_grad(lambda q: ap.loss_fn(model, q, batch))(p)
+      u, o = tx.update(g, o, p)
+      return optax.apply_updates(p, u), o, loss
+
     p = model.init(jax.random.key(seed), 2)
     o = tx.init(p)
     for step in range(4):
-      batch = sample(jax.random.fold_in(jax.random.key(seed + 10**6), step))
-      loss, g = jax.value_and_grad(lambda q: ap.loss_fn(model, q, batch))(p)
+      p, o, loss = step_fn(p, o, step)
       np.testing.assert_allclose(losses[i, step], loss, rtol=1e-5)
-      u, o = tx.update(g, o, p)
-      p = optax.apply_updates(p, u)
     for a, b in zip(jax.tree_util.tree_leaves(common.member(m.params, i)),
                     jax.tree_util.tree_leaves(p)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
