@@ -25,7 +25,7 @@ LSTM 0.0033 at T = 200 by step 6k; the full grid extrapolates to roughly 3-4
 hours on one quiet core.
 
 What we measured over seeds: on the shared 2-core CPU (load 17-22) only
-T = 150 for 200 steps (1% of the budget, 62 min wall) fitted: all four cells
+T = 150 for 200 steps (1% of the budget, 49 min wall) fitted: all four cells
 were still on the plateau (median final MSE 0.163-0.169; no seed below
 1/60). That budget cannot test the paper's finding; ``examples/README.md``
 has the table and the figure.

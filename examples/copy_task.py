@@ -24,7 +24,7 @@ global-norm clipping 1 (``rnnjax.train.optimizer("rmsprop", 1e-3,
 decay=0.9, clip_norm=1.0)``), fresh batches of 20, 10,000 steps, 3 seeds.
 
 What we measured: on the shared 2-core CPU (load 17-22) only T = 100 and 200
-for 100 steps (1% of the budget, 56 min wall) fitted; every cell was still
+for 100 steps (1% of the budget, 45 min wall) fitted; every cell was still
 above the baseline (cross-entropy 1.8-3.7 x baseline over cells and seeds),
 i.e. in the first stage of the papers' curves, so the LSTM's T = 100 result is
 not tested. ``examples/README.md`` has the table and the figure.
