@@ -77,10 +77,187 @@ def table(rows, headers) -> str:
 
 
 def make_cell(name: str, hidden: int):
-  """The examples' cells by name: tanh / sigmoid SimpleRNN, IRNN, LSTM, GRU."""
+  """The examples' cells by name: tanh / sigmoid SimpleRNN, IRNN, LSTM, GRU, IndRNN."""
   import rnnjax as rj
   return {"tanh": lambda: rj.SimpleRNN(hidden, "tanh"),
           "sigmoid": lambda: rj.SimpleRNN(hidden, "sigmoid"),
           "irnn": lambda: rj.IRNN(hidden),
           "lstm": lambda: rj.LSTM(hidden),
-          "gru": lambda: rj.GRU(hidden)}[name]()
+          "gru": lambda: rj.GRU(hidden),
+          "indrnn": lambda: rj.IndRNN(hidden)}[name]()
+
+
+# ---------------------------------------------------------------------------
+# Several seeds of one configuration trained as one jitted program.
+
+
+class Members:
+  """One model trained from several seeds at once, as one jitted, ``vmap``-ed program.
+
+  Every member is an independent run: its own initial parameters
+  (``model.init(jax.random.key(seed))``), its own optimizer state and its own
+  stream of fresh batches (``sample(fold_in(key(seed + 10**6), step))``).
+  Stacking the members on a leading axis changes nothing but the speed: one
+  compile, and the per-step overhead of a CPU scan paid once for all seeds.
+
+  Args:
+    model: an ``rj.SequenceModel``.
+    input_size: its input features.
+    loss_fn: ``(model, params, batch) -> scalar``.
+    sample: ``key -> batch``, written in JAX (it is traced into the program).
+    seeds: the members' seeds.
+    lr: learning rate, one float or one per member (the update of Adam,
+      RMSProp and SGD is linear in the learning rate, so the optimizer is
+      built with rate 1 and each member's update is scaled by its own rate).
+    clip_norm: global-norm clipping of the gradient, before the optimizer.
+    optimizer: a ``rnnjax.train.optimizer`` name (extra kwargs go to it).
+    chunk: updates per jitted call.
+
+  ``advance()`` runs ``chunk`` updates and returns the training losses
+  ``[S, chunk]``; each is the loss on a fresh batch before that step's update,
+  i.e. an unbiased estimate of the test loss of the parameters at that step.
+  ``curve`` holds them all, ``[S, steps_done]``.
+  """
+
+  def __init__(self, model, input_size, loss_fn, sample, *, seeds, lr, clip_norm=1.0,
+               optimizer="adam", chunk=100, **optimizer_kwargs):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from rnnjax import train
+
+    self.model, self.seeds, self.chunk = model, [int(s) for s in seeds], int(chunk)
+    lrs = jnp.broadcast_to(jnp.asarray(lr, jnp.float32), (len(self.seeds),))
+    tx = train.optimizer(optimizer, 1.0, clip_norm=clip_norm, **optimizer_kwargs)
+    seeds_arr = jnp.asarray(self.seeds)
+    self.params = jax.vmap(lambda s: model.init(jax.random.key(s), input_size))(seeds_arr)
+    self.opt_state = jax.vmap(tx.init)(self.params)
+    data_keys = jax.vmap(lambda s: jax.random.key(s + 10**6))(seeds_arr)
+
+    def one(p, o, key, rate):
+      loss, g = jax.value_and_grad(lambda q: loss_fn(model, q, sample(key)))(p)
+      u, o = tx.update(g, o, p)
+      u = jax.tree_util.tree_map(lambda v: rate * v, u)
+      return optax.apply_updates(p, u), o, loss
+
+    vone = jax.vmap(one)
+
+    def run_chunk(p, o, start):
+      def body(carry, i):
+        p, o = carry
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(data_keys)
+        p, o, loss = vone(p, o, keys, lrs)
+        return (p, o), loss
+      (p, o), losses = jax.lax.scan(body, (p, o), start + jnp.arange(self.chunk))
+      return p, o, losses.T
+
+    self._run = jax.jit(run_chunk)
+    self.steps_done, self.seconds, self._curves = 0, 0.0, []
+
+  def advance(self):
+    import numpy as np
+    t0 = time.perf_counter()
+    self.params, self.opt_state, losses = self._run(self.params, self.opt_state,
+                                                    self.steps_done)
+    losses = np.asarray(losses)
+    self.seconds += time.perf_counter() - t0
+    self.steps_done += self.chunk
+    self._curves.append(losses)
+    return losses
+
+  @property
+  def curve(self):
+    import numpy as np
+    if not self._curves:
+      return np.zeros((len(self.seeds), 0), np.float32)
+    return np.concatenate(self._curves, axis=1)
+
+  def evaluate(self, fn):
+    """``fn(model, params) -> value`` applied to every member (vmapped)."""
+    import jax
+    import numpy as np
+    return np.asarray(jax.jit(jax.vmap(lambda p: fn(self.model, p)))(self.params))
+
+
+def train_round_robin(runs, *, steps, time_limit=None, on_round=None, log=print):
+  """Advances every ``Members`` in ``runs`` (a dict) one chunk at a time, in turn,
+  until ``steps`` updates each or until ``time_limit`` seconds have passed (then
+  all runs stop at the same step). Returns the step reached."""
+  t0 = time.perf_counter()
+  done = 0
+  while done < steps:
+    for name, r in runs.items():
+      losses = r.advance()
+      log(f"  {name:16s} step {r.steps_done:6d}  loss (mean of last chunk, per seed) "
+          + " ".join(f"{v:.4f}" for v in losses.mean(axis=1))
+          + f"  [{r.seconds:.0f} s]", flush=True)
+    done = min(r.steps_done for r in runs.values())
+    if on_round is not None:
+      on_round(done)
+    if time_limit is not None and time.perf_counter() - t0 > time_limit:
+      log(f"  time limit {time_limit:.0f} s reached at step {done}", flush=True)
+      break
+  return done
+
+
+def member(params, i):
+  """Member ``i`` of stacked parameters (e.g. ``Members.params``)."""
+  import jax
+  return jax.tree_util.tree_map(lambda v: v[i], params)
+
+
+def window_means(curve, window):
+  """Means of consecutive windows of ``window`` steps: ``[S, steps // window]``."""
+  import numpy as np
+  curve = np.asarray(curve)
+  n = curve.shape[-1] // window
+  return curve[..., :n * window].reshape(curve.shape[:-1] + (n, window)).mean(-1)
+
+
+def first_crossing(curve, threshold, window):
+  """Per member: the step ending the first ``window``-step block whose mean loss is
+  below ``threshold`` (``None`` if no block is)."""
+  import numpy as np
+  out = []
+  for row in window_means(curve, window):
+    hit = np.nonzero(row < threshold)[0]
+    out.append(int((hit[0] + 1) * window) if hit.size else None)
+  return out
+
+
+def spread(values, fmt="{:.4f}"):
+  """``"median [min, max]"`` of a list of numbers."""
+  import numpy as np
+  v = np.asarray(values, float)
+  return f"{fmt.format(np.median(v))} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
+
+
+def crossing_summary(steps_list):
+  """``"median (k/n crossed; min-max)"`` of crossing steps; runs that never crossed count in n."""
+  import numpy as np
+  hits = [s for s in steps_list if s is not None]
+  n = len(steps_list)
+  if not hits:
+    return f"never (0/{n})"
+  return f"{int(np.median(hits))} ({len(hits)}/{n}; {min(hits)}-{max(hits)})"
+
+
+def save_curves(path, runs, meta):
+  """Saves every run's loss curve (``[S, steps]``) and ``meta`` (JSON) to ``path`` (.npz)."""
+  import json
+  import numpy as np
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  arrays = {f"curve/{k}": r.curve for k, r in runs.items()}
+  arrays.update({f"seconds/{k}": np.asarray(r.seconds) for k, r in runs.items()})
+  np.savez_compressed(path + ".tmp.npz", meta=np.asarray(json.dumps(meta)), **arrays)
+  os.replace(path + ".tmp.npz", path)
+
+
+def load_curves(path):
+  """``(curves, seconds, meta)`` as saved by :func:`save_curves`."""
+  import json
+  import numpy as np
+  z = np.load(path)
+  curves = {k[6:]: z[k] for k in z.files if k.startswith("curve/")}
+  seconds = {k[8:]: float(z[k]) for k in z.files if k.startswith("seconds/")}
+  return curves, seconds, json.loads(str(z["meta"]))
