@@ -13,6 +13,7 @@ weights), ``rnnjax.nnx`` (a Flax NNX wrapper).
 from rnnjax._activations import ACTIVATIONS as ACTIVATIONS
 from rnnjax._activations import Activation as Activation
 from rnnjax._activations import get_activation as get_activation
+from rnnjax._autotune import autotune as autotune
 from rnnjax._cells import GRU as GRU
 from rnnjax._cells import IRNN as IRNN
 from rnnjax._cells import IndRNN as IndRNN
@@ -40,7 +41,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ACTIVATIONS", "Activation", "Bidirectional", "Dense", "FusedParams", "GRU", "GatesVJP",
     "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LSTM", "LSTMCarry",
-    "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack", "auto_plan",
+    "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack", "auto_plan", "autotune",
     "default_input_projection",
     "get_activation", "last_valid", "scan",
 ]
