@@ -35,6 +35,8 @@ from rnnjax._layers import last_valid as last_valid
 from rnnjax._scan import auto_plan as auto_plan
 from rnnjax._scan import default_input_projection as default_input_projection
 from rnnjax._scan import scan as scan
+from rnnjax._stream import stream as stream
+from rnnjax._stream import stream_chunks as stream_chunks
 
 __version__ = "0.2.0"
 
@@ -43,7 +45,7 @@ __all__ = [
     "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LSTM", "LSTMCarry",
     "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack", "auto_plan", "autotune",
     "default_input_projection",
-    "get_activation", "last_valid", "scan",
+    "get_activation", "last_valid", "scan", "stream", "stream_chunks",
 ]
 
 
