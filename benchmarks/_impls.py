@@ -126,6 +126,28 @@ def rnnjax_reference(cell, s, mode, backend):
   return _rnnjax(cell, s, mode, backend, "reference")
 
 
+def _parallel(cell_name, s, mode, backend, method):
+  """rnnjax.parallel.newton_scan(method=...): parallel-in-time Newton solve (if installed)."""
+  try:
+    from rnnjax import parallel
+  except ImportError as e:
+    raise Unavailable(f"rnnjax.parallel not available ({e})") from None
+  if method not in getattr(parallel, "METHODS", ()):
+    raise Unavailable(f"rnnjax.parallel has no method {method!r}")
+  import jax
+  import jax.numpy as jnp
+  import rnnjax as rj
+  cell = {"simple": rj.SimpleRNN, "lstm": rj.LSTM, "gru": rj.GRU}[cell_name](s.H)
+  params = cell.init(jax.random.key(0), s.I)
+  apply = lambda p, x: parallel.newton_scan(cell, p, x, method=method)[1]
+  fn = apply if mode == "fwd" else _loss_and_grad(apply)
+  return _jax_build(fn, (params, jnp.asarray(_inputs(s))), _jax_device(backend),
+                    note=f"newton_scan(method={method!r})")
+
+
+PARALLEL_METHODS = ("deer", "quasi_deer", "elk")
+
+
 # -- Flax linen ------------------------------------------------------------------
 
 def flax_linen(cell_name, s, mode, backend):
@@ -299,5 +321,7 @@ ADAPTERS: Dict[str, Callable] = {
     "haiku": haiku,
     "cudnn": cudnn,
 }
-OURS = ("rnnjax", "rnnjax_reference", "rnnjax_baseline")
+for _m in PARALLEL_METHODS:
+  ADAPTERS[f"parallel_{_m}"] = (lambda m: lambda c, s, mode, b: _parallel(c, s, mode, b, m))(_m)
+OURS = ("rnnjax", "rnnjax_reference", "rnnjax_baseline") + tuple(f"parallel_{m}" for m in PARALLEL_METHODS)
 DEFAULT_IMPLS = ("rnnjax", "flax_linen", "flax_nnx", "torch", "equinox", "haiku", "cudnn")
