@@ -35,6 +35,7 @@ replaced on the next write).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -89,6 +90,13 @@ def cpu_info() -> Dict[str, object]:
   one-word summary (``"AVX-512"``, ``"AVX2"``, ``"AVX"``, ``"NEON"``, ``"SVE"``
   or ``"unknown"``).
   """
+  info = _cpu_info()
+  return dict(info, features=list(info["features"]))
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_info() -> Dict[str, object]:
+  """Reads /proc/cpuinfo (cached)."""
   model, flags = None, set()
   try:
     with open("/proc/cpuinfo") as f:
