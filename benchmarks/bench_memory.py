@@ -14,7 +14,8 @@ executable (``temp_size_in_bytes``: the buffers live inside the call, i.e.
 the stored residuals; and temp + arguments + outputs), which needs only a
 compile, so it is cheap at every T. Time (median of ``--repeats`` calls
 after one warm-up, the two variants interleaved) is measured at the
-``--time-T`` points only. Writes ``memory.json``, ``memory.md`` and
+``--time-T`` points only, as wall-clock time and as the process's CPU time
+(all threads; less sensitive to other load on a shared host). Writes ``memory.json``, ``memory.md`` and
 ``memory.png`` to ``--out``.
 """
 
@@ -79,11 +80,13 @@ def run(args):
         jax.block_until_ready(built[v](params, xs))  # warm-up
       for _ in range(args.repeats):
         for v in built:  # interleaved
-          t0 = time.perf_counter()
+          t0, c0 = time.perf_counter(), time.process_time()
           jax.block_until_ready(built[v](params, xs))
           row[v]["times"].append(time.perf_counter() - t0)
+          row[v].setdefault("cpu_times", []).append(time.process_time() - c0)
       for v in built:
         row[v]["median_s"] = statistics.median(row[v]["times"])
+        row[v]["cpu_median_s"] = statistics.median(row[v]["cpu_times"])
     del built
     rows.append(row)
     p, r = row["plain"], row["remat"]
@@ -108,17 +111,19 @@ def format_table(data) -> str:
          f"w.r.t. params and inputs); remat chunk = ceil(sqrt(T)). Device {m['device']['platform']} "
          f"({cpu['model']}, {cpu['vector']}, {cpu['cpu_count']} CPUs), jax {m['jax']}, {m['date']}. "
          f"Memory: XLA memory analysis of the compiled call; time: median of {m['repeats']} "
-         "interleaved calls.", "",
+         "interleaved calls (wall clock; the CPU-time ratio uses the process's CPU time, "
+         "steadier on a shared host).", "",
          "| T | chunk | plain temp MiB | remat temp MiB | temp ratio | plain total MiB | remat total MiB "
-         "| plain s | remat s | time ratio |", "|" + "---|" * 10]
+         "| plain s | remat s | time ratio | CPU-time ratio |", "|" + "---|" * 11]
   for r in data["rows"]:
     p, q = r["plain"], r["remat"]
-    t = ("-", "-", "-")
+    t = ("-", "-", "-", "-")
     if "median_s" in p:
-      t = (f"{p['median_s']:.3f}", f"{q['median_s']:.3f}", f"{q['median_s'] / p['median_s']:.2f}")
+      t = (f"{p['median_s']:.3f}", f"{q['median_s']:.3f}", f"{q['median_s'] / p['median_s']:.2f}",
+           f"{q['cpu_median_s'] / p['cpu_median_s']:.2f}" if p.get("cpu_median_s") else "-")
     out.append(f"| {r['T']} | {r['chunk']} | {p['temp_bytes'] / 2**20:.1f} | {q['temp_bytes'] / 2**20:.2f} | "
                f"{p['temp_bytes'] / max(q['temp_bytes'], 1):.1f} | {p['total_bytes'] / 2**20:.1f} | "
-               f"{q['total_bytes'] / 2**20:.1f} | {t[0]} | {t[1]} | {t[2]} |")
+               f"{q['total_bytes'] / 2**20:.1f} | {t[0]} | {t[1]} | {t[2]} | {t[3]} |")
   return "\n".join(out)
 
 

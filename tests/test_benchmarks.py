@@ -191,3 +191,17 @@ def test_gpu_check_budget_and_plan():
                                    "parallel_deer", "parallel_elk"}
   with pytest.raises(SystemExit, match="parallel-methods"):
     gpu_check.run(gpu_check.build_parser().parse_args(["/tmp/x", "--dry-run", "--parallel-methods", "newton"]))
+
+
+def test_bench_memory_quick(tmp_path):
+  """benchmarks.bench_memory --quick: XLA temp memory of remat below the plain scan's, table, plot."""
+  from benchmarks import bench_memory
+  data = bench_memory.main(["--quick", "--out", str(tmp_path)])
+  (r16, r64) = data["rows"]
+  assert (r16["T"], r16["chunk"], r64["T"], r64["chunk"]) == (16, 4, 64, 8)
+  # Plain stores T steps of residuals: its temp grows ~4x from T=16 to 64; remat's much less.
+  assert r64["plain"]["temp_bytes"] > 3 * r16["plain"]["temp_bytes"]
+  assert r64["remat"]["temp_bytes"] * 2 < r64["plain"]["temp_bytes"]
+  assert r64["plain"]["median_s"] > 0 and r64["remat"]["cpu_median_s"] >= 0
+  assert data["meta"]["cpu"]["vector"] in (tmp_path / "memory.md").read_text()
+  assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
