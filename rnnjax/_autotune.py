@@ -280,14 +280,8 @@ def _variants(cell):
     out += [("fused", p) for p in PROJECTIONS]
   out += [("reference", p) for p in (PROJECTIONS if split else ("inloop",))]
   # The current rules' choice first, so a tight budget still measures it.
-  default_impl = "fused" if _fused.auto_prefers(cell) else "reference"
-  default_proj = _scan.default_input_projection()
-  if default_impl == "fused":
-    try:
-      default_proj = _fused.choose_projection(cell)
-    except Exception:
-      pass
-  out.sort(key=lambda v: (v[0] != default_impl, v[1] != default_proj))
+  default = tuple(_scan.auto_plan(cell))
+  out.sort(key=lambda v: (v[0] != default[0], v[1] != default[1]))
   return out
 
 

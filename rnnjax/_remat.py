@@ -77,9 +77,11 @@ def remat_scan(scan_fn: Callable, cell, params, xs_tm, carry, lengths=None, *,
     raise ValueError(f"chunk must be a positive int, got {chunk!r}.")
   k = min(k, T) if T > 0 else 1
   n, r = divmod(T, k)
+  if lengths is not None:
+    lengths = jnp.asarray(lengths)
 
   def run_chunk(params, xs_c, c, start):
-    lc = None if lengths is None else jnp.clip(lengths - start, 0, xs_c.shape[0])
+    lc = None if lengths is None else jnp.clip(lengths - start.astype(lengths.dtype), 0, xs_c.shape[0])
     return scan_fn(cell, params, xs_c, c, lengths=lc, reverse=reverse)
 
   run_chunk_ckpt = jax.checkpoint(run_chunk, prevent_cse=False)

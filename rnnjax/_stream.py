@@ -21,7 +21,7 @@ import jax.numpy as jnp
 def _chunk_step(cell, params, xs, carry, lengths, start, *, impl, input_projection, time_major):
   from rnnjax._scan import scan
   k = xs.shape[0] if time_major else xs.shape[-2]
-  lc = None if lengths is None else jnp.clip(lengths - start, 0, k)
+  lc = None if lengths is None else jnp.clip(lengths - start.astype(lengths.dtype), 0, k)
   return scan(cell, params, xs, carry, lengths=lc, time_major=time_major, impl=impl,
               input_projection=input_projection)
 

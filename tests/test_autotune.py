@@ -127,10 +127,11 @@ def test_cpu_info_matches_proc_cpuinfo():
   if not os.path.exists("/proc/cpuinfo"):
     pytest.skip("no /proc/cpuinfo")
   flags = set()
-  for line in open("/proc/cpuinfo"):
-    if line.startswith("flags") or line.startswith("Features"):
-      flags = set(line.split(":", 1)[1].split())
-      break
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("flags") or line.startswith("Features"):
+        flags = set(line.split(":", 1)[1].split())
+        break
   assert ("avx2" in info["features"]) == ("avx2" in flags)
   assert ("avx512f" in info["features"]) == ("avx512f" in flags)
   assert info["vector"] == ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags

@@ -38,7 +38,6 @@ import optax
 
 from rnnjax import _checks
 from rnnjax.train._losses import LOSSES, accuracy, unpack_batch
-from rnnjax.train._optim import global_norm
 
 
 def _check_chunk(K):
@@ -137,7 +136,7 @@ def make_tbptt_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     def one(state, inp):
       params, opt_state, carry = state
       xc, yc, start, c = inp
-      lc = None if lengths is None else jnp.clip(lengths - start, 0, xc.shape[nb])
+      lc = None if lengths is None else jnp.clip(lengths - start.astype(lengths.dtype), 0, xc.shape[nb])
       kc = None if key is None else jax.random.fold_in(key, c)
       (loss, (new_carry, _)), g = jax.value_and_grad(loss_fn, has_aux=True)(
           params, jax.lax.stop_gradient(carry), (xc, yc, lc), kc)
@@ -146,7 +145,7 @@ def make_tbptt_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       ok = jnp.bool_(True) if lc is None else jnp.any(lc > 0)
       sel = lambda a, b: jax.tree_util.tree_map(lambda u, v: jnp.where(ok, u, v), a, b)
       state = (sel(new_params, params), sel(new_opt, opt_state), jax.lax.stop_gradient(new_carry))
-      return state, (loss, global_norm(g), ok)
+      return state, (loss, optax.tree.norm(g), ok)
 
     def split(a):  # [*B, n*K, ...] -> [n, *B, K, ...]
       a = a[(slice(None),) * nb + (slice(0, n * K),)]
@@ -165,7 +164,8 @@ def make_tbptt_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       outs.append(jax.tree_util.tree_map(lambda v: v[None], o))
     losses, gnorms, oks = (jnp.concatenate(v) for v in zip(*outs))
     params, opt_state, _ = state
-    metrics = {"loss": jnp.sum(jnp.where(oks, losses, 0)) / jnp.maximum(jnp.sum(oks), 1),
+    n_ok = jnp.maximum(jnp.sum(oks), 1).astype(losses.dtype)
+    metrics = {"loss": jnp.sum(jnp.where(oks, losses, jnp.zeros_like(losses))) / n_ok,
                "chunk_loss": losses, "grad_norm": gnorms, "updates": jnp.sum(oks)}
     return params, opt_state, metrics
 
