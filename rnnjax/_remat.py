@@ -8,8 +8,9 @@ is ``jax.checkpoint`` of the inner scan of one chunk: the forward pass keeps
 only the carry at each chunk boundary (``T / k`` carries); the backward pass
 re-runs one chunk's forward at a time, keeping its ``k`` steps of residuals,
 and back-propagates through it. Memory ~ ``T/k + k`` carries/steps, minimal
-at ``k ~ sqrt(T)`` (the default); time ~ one extra forward pass (about 1.3x
-the plain forward+backward). This is the "checkpoint every k steps" scheme of
+at ``k ~ sqrt(T)`` (the default); time ~ one extra forward pass, ``(2F + B) / (F + B)``
+of the plain forward+backward (about 1.33x when the forward F is a third of
+it, as for the fused LSTM; measured in benchmarks/RESULTS.md). This is the "checkpoint every k steps" scheme of
 Chen et al., "Training Deep Nets with Sublinear Memory Cost" (2016),
 arXiv:1604.06174, and Gruslys et al., "Memory-Efficient Backpropagation
 Through Time" (NeurIPS 2016).
