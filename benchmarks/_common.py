@@ -72,5 +72,18 @@ def time_calls(fn: Callable[[], object], sync: Callable[[object], None], *,
   return times
 
 
+def cpu_meta() -> Dict[str, object]:
+  """The host CPU: model, vector features (AVX2 / AVX-512 ...) and count, from /proc/cpuinfo."""
+  from rnnjax._autotune import cpu_info
+  return cpu_info()
+
+
+def format_cpu(cpu: Dict[str, object]) -> str:
+  """One markdown line naming the CPU and its vector features."""
+  feats = " ".join(cpu.get("features") or []) or "none reported"
+  return (f"CPU: {cpu.get('model')} ({cpu.get('machine', '')}, {cpu.get('cpu_count')} CPUs), "
+          f"vector units: {cpu.get('vector')} (flags: {feats}).")
+
+
 def summarize(times: List[float]) -> Dict[str, float]:
   return {"median_s": statistics.median(times), "min_s": min(times), "n": len(times)}

@@ -160,6 +160,9 @@ def rnnjax_elk(cell, s, mode, backend):
   return _rnnjax_newton(cell, s, mode, backend, "elk")
 
 
+PARALLEL_METHODS = ("deer", "quasi_deer", "elk")
+
+
 # -- Flax linen ------------------------------------------------------------------
 
 def flax_linen(cell_name, s, mode, backend):
@@ -336,6 +339,10 @@ ADAPTERS: Dict[str, Callable] = {
     "haiku": haiku,
     "cudnn": cudnn,
 }
-OURS = ("rnnjax", "rnnjax_reference", "rnnjax_baseline", "rnnjax_deer", "rnnjax_quasi_deer",
-        "rnnjax_elk")
+# rnnjax_{method} and its alias parallel_{method} (the GPU check's name for it).
+for _m in PARALLEL_METHODS:
+  ADAPTERS[f"rnnjax_{_m}"] = {"deer": rnnjax_deer, "quasi_deer": rnnjax_quasi_deer, "elk": rnnjax_elk}[_m]
+  ADAPTERS[f"parallel_{_m}"] = ADAPTERS[f"rnnjax_{_m}"]
+OURS = (("rnnjax", "rnnjax_reference", "rnnjax_baseline")
+        + tuple(f"rnnjax_{m}" for m in PARALLEL_METHODS) + tuple(f"parallel_{m}" for m in PARALLEL_METHODS))
 DEFAULT_IMPLS = ("rnnjax", "flax_linen", "flax_nnx", "torch", "equinox", "haiku", "cudnn")

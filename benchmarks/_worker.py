@@ -88,7 +88,6 @@ def main(argv=None):
       raise SystemExit("rnnjax_baseline needs run.py --baseline-src PATH (RNNJAX_BASELINE_SRC)")
     sys.path.insert(0, os.path.abspath(src))
     sys.modules.pop("rnnjax", None)
-  adapter = _impls.ADAPTERS[args.impl]
   cache = {}
   for line in sys.stdin:
     line = line.strip()
@@ -115,11 +114,14 @@ def main(argv=None):
         _reply({"error": f"unknown op {op!r}"})
         continue
       shape = _common.Shape(**cmd["shape"])
-      key = (cmd["cell"], shape, cmd["mode"])
+      # "impl" in the command: another adapter in this process (benchmarks.gpu_check runs
+      # rnnjax's own variants in one worker).
+      impl = cmd.get("impl", args.impl)
+      key = (impl, cmd["cell"], shape, cmd["mode"])
       fresh = key not in cache
       if fresh:
         try:
-          cache[key] = adapter(cmd["cell"], shape, cmd["mode"], args.backend)
+          cache[key] = _impls.ADAPTERS[impl](cmd["cell"], shape, cmd["mode"], args.backend)
         except _impls.Unavailable as e:
           cache[key] = e
       built = cache[key]
@@ -133,7 +135,7 @@ def main(argv=None):
                                  target_s=float(cmd.get("target_s", 1.0)))
       faults1 = _minor_faults()
       memory = dict(built.memory)
-      if args.impl == "torch":
+      if impl == "torch":
         peak = _impls.torch_peak(args.backend)
         if peak is not None:
           memory["peak_bytes"] = peak

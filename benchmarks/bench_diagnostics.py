@@ -146,14 +146,16 @@ def main(argv=None) -> int:
     Ts, hidden, repeats, cells = (12,), 3, 2, ("tanh",)
   else:
     Ts, hidden, repeats, cells = (100, 1000), args.hidden, args.repeats, ("tanh", "lstm")
+  from benchmarks._common import cpu_meta, format_cpu
+  cpu = cpu_meta()
   print(f"rnnjax diagnostics benchmark: backend {jax.default_backend()}, "
-        f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {platform.processor() or ''}")
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}. {format_cpu(cpu)}")
   print(_HEAD)
   with single_threaded_blas():
     rows = run(Ts, hidden, repeats, cells)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}, f,
+      json.dump({"backend": jax.default_backend(), "jax": jax.__version__, "cpu": cpu, "rows": rows}, f,
                 indent=1)
     print(f"wrote {args.json}")
   return 0

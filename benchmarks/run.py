@@ -331,6 +331,7 @@ def run(args) -> dict:
       "device": {"platform": jax_device.platform, "kind": jax_device.device_kind,
                  "count": len(jax.devices(backend)), "host": platform.node(),
                  "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
+      "cpu": _common.cpu_meta(),
       "versions": versions,
       "rounds": args.rounds, "repeats": args.repeats, "warmup": args.warmup,
       "host_malloc": {"mode": args.host_malloc, "env": menv},
@@ -423,6 +424,8 @@ def format_tables(data) -> str:
   dev = meta["device"]
   out.append(f"Device: {dev['platform']} ({dev['kind']}, {dev['cpu_count']} CPUs), backend {meta['backend']}; "
              f"date {meta['date']}; " + ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items())))
+  if meta.get("cpu"):
+    out.append(_common.format_cpu(meta["cpu"]))
   out.append(f"Roofline: {meta['roofline']['n']}^3 float32 matmul = {meta['roofline']['gflops']:.1f} GFLOP/s. "
              f"{meta['rounds']} interleaved rounds; median (min) ms of all timed calls."
              + (f" Workers' malloc: {meta['host_malloc']['mode']} ({' '.join(f'{k}={v}' for k, v in meta['host_malloc']['env'].items())})."

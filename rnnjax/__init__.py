@@ -13,6 +13,7 @@ weights), ``rnnjax.nnx`` (a Flax NNX wrapper).
 from rnnjax._activations import ACTIVATIONS as ACTIVATIONS
 from rnnjax._activations import Activation as Activation
 from rnnjax._activations import get_activation as get_activation
+from rnnjax._autotune import autotune as autotune
 from rnnjax._cells import GRU as GRU
 from rnnjax._cells import IRNN as IRNN
 from rnnjax._cells import IndRNN as IndRNN
@@ -37,16 +38,18 @@ from rnnjax._layers import last_valid as last_valid
 from rnnjax._scan import auto_plan as auto_plan
 from rnnjax._scan import default_input_projection as default_input_projection
 from rnnjax._scan import scan as scan
+from rnnjax._stream import stream as stream
+from rnnjax._stream import stream_chunks as stream_chunks
 
 __version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Bidirectional", "Dense", "FusedParams", "GRU", "GatesVJP",
-    "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LRU", "LSTM", "LSTMCarry", "MinGRU",
-    "MinLSTM",
-    "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack", "auto_plan",
+    "INITIALIZERS", "IRNN", "IndRNN", "Initializer", "JordanRNN", "LRU", "LSTM", "LSTMCarry",
+    "MinGRU", "MinLSTM", "NamedGate", "RNNCell", "SequenceModel", "SimpleRNN", "Stack",
+    "auto_plan", "autotune",
     "default_input_projection",
-    "get_activation", "last_valid", "scan",
+    "get_activation", "last_valid", "scan", "stream", "stream_chunks",
 ]
 
 

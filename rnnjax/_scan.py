@@ -52,18 +52,21 @@ Both implementations give the same values and gradients (tests/test_fastpath.py)
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax import _autotune
 from rnnjax import _checks
 from rnnjax import _fused
 from rnnjax import _layout
+from rnnjax import _remat
 
 _PROJECTIONS = ("auto", "hoisted", "inloop")
-_IMPLS = ("auto", "fused", "reference", "associative", "deer", "quasi_deer", "elk")
+_IMPLS = ("auto", "fused", "reference", "autotune", "associative", "deer", "quasi_deer", "elk")
 _PARALLEL_IMPLS = ("associative", "deer", "quasi_deer", "elk")
 
 
@@ -122,7 +125,7 @@ def _split_sequence_shapes(cell, params, xs, time_major):
 
 def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
          unroll: int = 1, time_major: bool = False,
-         input_projection: str = "auto", impl: str = "auto"):
+         input_projection: str = "auto", impl: str = "auto", remat=None):
   """Runs ``cell`` over the time axis of ``xs``.
 
   Args:
@@ -151,7 +154,14 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
       method of :mod:`rnnjax.parallel`: ``"associative"`` (cells with a
       linear recurrence: MinGRU, MinLSTM, LRU), ``"deer"``, ``"quasi_deer"``,
       ``"elk"`` (Newton solves for any cell, falling back to the sequential
-      scan with a warning when they do not converge).
+      scan with a warning when they do not converge). ``"auto"`` first
+      consults the autotune cache (:func:`rnnjax.autotune`; timing on a miss
+      only with ``impl="autotune"`` or ``RNNJAX_AUTOTUNE=1``), then the rules.
+    remat: ``None`` (store every step for the backward pass), ``True``
+      (rematerialise in chunks of ``ceil(sqrt(T))`` steps) or a positive int
+      chunk length: the backward pass recomputes each chunk's forward from
+      its saved initial carry, so memory grows like ``T/k + k`` instead of
+      ``T`` (rnnjax/_remat.py); values and gradients are unchanged.
 
   Returns:
     ``(final_carry, ys)``.
@@ -180,6 +190,16 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     _checks.check_carry(carry, jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
   if lengths is not None:
     lengths = _checks.check_lengths(lengths, batch_shape, T)
+  chunk = _remat.check_remat(remat, T)
+  if impl in ("auto", "autotune") and input_projection == "auto":
+    # The autotune cache first (timing on a miss only when asked), the rules second.
+    hit = _autotune.resolve(cell, batch_shape, T, xs.shape[-1], xs.dtype, "fwd+bwd",
+                            lengths is not None,
+                            tune=(impl == "autotune" or _autotune.env_enabled()))
+    if hit is not None:
+      impl, input_projection = hit
+  if impl == "autotune":
+    impl = "auto"
 
   nb = len(batch_shape)
   xs_tm = _layout.to_flat_time_major(xs, batch_shape, T, time_major)
@@ -187,6 +207,12 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
   flat_len = None if lengths is None else jnp.reshape(lengths, (-1,) if nb else ())
   # Padding influences nothing: zero the inputs there before any arithmetic.
   xs_tm = _layout.mask_padding(xs_tm, flat_len)
+  if chunk is not None:
+    inner = functools.partial(scan, time_major=True, unroll=unroll,
+                              input_projection=input_projection, impl=impl)
+    final, ys = _remat.remat_scan(inner, cell, params, xs_tm, flat_carry, flat_len,
+                                  reverse=reverse, chunk=chunk)
+    return _layout.restore_layout(final, ys, batch_shape, T, time_major)
 
   plan_impl, plan_proj = auto_plan(cell)
   use_fused = impl == "fused" or (impl == "auto" and plan_impl == "fused")

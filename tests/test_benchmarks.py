@@ -44,6 +44,9 @@ def test_quick_run_end_to_end(tmp_path):
   assert meta["backend"] == "cpu" and meta["device"]["platform"] == "cpu"
   assert meta["versions"]["jax"] and meta["date"] and meta["roofline"]["gflops"] > 0
   assert meta["host_malloc"] == {"mode": "retain", "env": bench_run.HOST_MALLOC["retain"]}
+  # The CPU model and its vector features are recorded and printed in the header.
+  assert meta["cpu"]["model"] and meta["cpu"]["vector"] in ("AVX-512", "AVX2", "AVX", "NEON", "SVE", "unknown")
+  assert isinstance(meta["cpu"]["features"], list) and meta["cpu"]["cpu_count"] == os.cpu_count()
   rows = {(r["impl"], r["mode"]): r for r in data["results"]}
   shape = _common.QUICK_PRESETS["tiny"]
   for mode in ("fwd", "fwdbwd"):
@@ -68,6 +71,7 @@ def test_quick_run_end_to_end(tmp_path):
     assert "GPU" in rows[("cudnn", mode)]["skip"]
   table = (out / "results.md").read_text()
   assert "rnnjax/torch" in table and "cudnn: cuDNN RNN needs a GPU" in table
+  assert f"vector units: {meta['cpu']['vector']}" in table and f"CPU: {meta['cpu']['model']}" in table
   assert "Workers' malloc: retain (MALLOC_MMAP_THRESHOLD_=" in table and "page faults/call" in table
   assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +140,68 @@ def test_host_malloc_retain_removes_per_call_page_faults():
   assert retain < 100, (default, retain)
   with pytest.raises(SystemExit):
     bench_run.build_parser().parse_args(["--host-malloc", "keep"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+  """python -m benchmarks.gpu_check OUT --dry-run: every code path on the CPU, tiny sizes."""
+  out = tmp_path / "gpu"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", str(out), "--dry-run",
+                         "--parallel-methods", "deer"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data = json.loads((out / "gpu_check.json").read_text())
+  meta = data["meta"]
+  assert meta["dry_run"] and meta["backend"] == "cpu" and meta["versions"]["jax"]
+  assert meta["budget"]["elapsed_s"] < meta["budget"]["max_s"]
+  assert "gpus" in meta["gpu"] and meta["torch"]["torch"] and meta["cpu"]["vector"]
+  rows = {(r["impl"], r["cell"], r["mode"]): r for r in data["results"]}
+  for cell in ("lstm", "gru"):
+    for mode in ("fwd", "fwdbwd"):
+      for impl in ("rnnjax", "rnnjax_reference", "flax_linen", "torch"):
+        r = rows[(impl, cell, mode)]
+        assert r["shape"]["name"] == "tiny" and r["n"] >= 3 and 0 < r["min_s"] <= r["median_s"], r
+      assert "GPU" in rows[("cudnn", cell, mode)]["skip"]
+  par = rows[("parallel_deer", "lstm", "fwd")]
+  assert par["shape"]["name"] == "tiny_long"
+  try:
+    import rnnjax.parallel  # noqa: F401
+    assert par["n"] >= 1, par
+  except ImportError:
+    assert "rnnjax.parallel not available" in par["skip"]
+  md = (out / "gpu_check.md").read_text()
+  assert md.startswith("## GPU check (dry run") and "vector units:" in md and "rnnjax/torch" in md
+
+
+def test_gpu_check_budget_and_plan():
+  from benchmarks import gpu_check
+  now = [0.0]
+  b = gpu_check.Budget(480, 25, clock=lambda: now[0])
+  assert b.allows() and b.left() == 480
+  now[0] = 455.0
+  assert not b.allows() and b.left() == 25 and b.elapsed() == 455
+  rows = gpu_check.plan(False, ["deer", "elk"])
+  presets = [s.name for _, s, _, i in rows if not i.startswith("parallel_")]
+  # Main rows first, in priority order: small, medium, long, large; 2 cells x 2 modes x 5 impls each.
+  assert presets == [p for p in ("small", "medium", "long", "large") for _ in range(20)]
+  par = [(c, s.name, m, i) for c, s, m, i in rows if i.startswith("parallel_")]
+  assert par[0] == ("lstm", "long", "fwd", "parallel_deer") and len(par) == 8
+  assert {i for *_, i in rows} == {"rnnjax", "rnnjax_reference", "flax_linen", "torch", "cudnn",
+                                   "parallel_deer", "parallel_elk"}
+  with pytest.raises(SystemExit, match="parallel-methods"):
+    gpu_check.run(gpu_check.build_parser().parse_args(["/tmp/x", "--dry-run", "--parallel-methods", "newton"]))
+
+
+def test_bench_memory_quick(tmp_path):
+  """benchmarks.bench_memory --quick: XLA temp memory of remat below the plain scan's, table, plot."""
+  from benchmarks import bench_memory
+  data = bench_memory.main(["--quick", "--out", str(tmp_path)])
+  (r16, r64) = data["rows"]
+  assert (r16["T"], r16["chunk"], r64["T"], r64["chunk"]) == (16, 4, 64, 8)
+  # Plain stores T steps of residuals: its temp grows ~4x from T=16 to 64; remat's much less.
+  assert r64["plain"]["temp_bytes"] > 3 * r16["plain"]["temp_bytes"]
+  assert r64["remat"]["temp_bytes"] * 2 < r64["plain"]["temp_bytes"]
+  assert r64["plain"]["median_s"] > 0 and r64["remat"]["cpu_median_s"] >= 0
+  assert data["meta"]["cpu"]["vector"] in (tmp_path / "memory.md").read_text()
+  assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -70,6 +70,9 @@ from rnnjax.train._optim import l2_penalty as l2_penalty
 from rnnjax.train._optim import optimizer as optimizer
 from rnnjax.train._optim import weight_clip as weight_clip
 from rnnjax.train._tasks import Batch as Batch
+from rnnjax.train._tbptt import chunk_model_loss as chunk_model_loss
+from rnnjax.train._tbptt import fit_tbptt as fit_tbptt
+from rnnjax.train._tbptt import make_tbptt_step as make_tbptt_step
 from rnnjax.train._tasks import adding_problem as adding_problem
 from rnnjax.train._tasks import binary_addition as binary_addition
 from rnnjax.train._tasks import copy_task as copy_task
@@ -85,7 +88,8 @@ __all__ = [
     "CsvWriter", "EarlyStopping", "FitResult", "JsonLinesWriter", "LOSSES", "Loop",
     "MetricWriter", "OPTIMIZERS", "Optimizer", "ReduceLROnPlateau", "TensorBoardWriter",
     "TrainState", "accuracy", "adding_problem", "binary_addition", "binary_cross_entropy",
-    "clip_by_global_norm", "copy_task", "cross_entropy", "evaluate", "fit", "global_norm",
-    "gradient_stats", "l1_penalty", "l2_penalty", "make_train_step", "model_loss", "mse",
+    "chunk_model_loss", "clip_by_global_norm", "copy_task", "cross_entropy", "evaluate", "fit",
+    "fit_tbptt", "global_norm",
+    "gradient_stats", "l1_penalty", "l2_penalty", "make_tbptt_step", "make_train_step", "model_loss", "mse",
     "optimizer", "predict", "read_jsonl", "sequence_classification", "weight_clip",
 ]
