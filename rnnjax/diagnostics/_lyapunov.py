@@ -55,10 +55,8 @@ def forward_pass(step, s0, xs, length, noise, *, k, warmup, observe=None):
     z = jax.vmap(jvp, in_axes=1, out_axes=1)(q)       # J_t Q  [D, k]
     obs = None if observe is None else observe(s, x, t)
     s_new, z, obs = core.serialize(s_new, z, obs)
-    q_new, r = jnp.linalg.qr(z)
-    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
-    q_new = q_new * sign[None, :]
-    logr = core.safe_log(jnp.abs(jnp.diagonal(r)))
+    q_new, rdiag = qr_positive(z)
+    logr = core.safe_log(rdiag)
     use = (t >= warmup) & (t < end)
     acc = acc + jnp.where(use, logr, 0.0)
     return (s_new, q_new, acc), (s, obs)
@@ -66,6 +64,43 @@ def forward_pass(step, s0, xs, length, noise, *, k, warmup, observe=None):
   n = end - warmup
   lam = jnp.where(n > 0, acc / jnp.maximum(n, 1).astype(dtype), jnp.nan)
   return s_in, -jnp.sort(-lam), obs
+
+
+def _qr_positive_fwd(z):
+  q, r = jnp.linalg.qr(z)
+  sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(z.dtype)
+  q = q * sign[None, :]
+  r = r * sign[:, None]
+  return (q, jnp.diagonal(r)), (q, r)
+
+
+def _qr_positive_bwd(res, cts):
+  # Reverse mode of the reduced QR A = Q R (m >= n, diag R > 0), with only
+  # diag(R) read (Walter & Lehmann 2018; Seeger et al. 2017):
+  #   M = R Rbar^T - Qbar^T Q,  Abar = (Qbar + Q copyltu(M)) R^{-T},
+  # copyltu(M) = tril(M) + tril(M, -1)^T, Rbar = diag(dbar).
+  q, r = res
+  q_bar, d_bar = cts
+  m = r * d_bar[None, :] - q_bar.T @ q          # R diag(dbar) = R Rbar^T (Rbar diagonal)
+  m = jnp.tril(m) + jnp.tril(m, -1).T
+  x = q_bar + q @ m
+  x, r = core.serialize(x, r)                   # one LAPACK call at a time (see core.serialize)
+  a_bar = jax.scipy.linalg.solve_triangular(r, x.T, lower=False).T
+  return (a_bar,)
+
+
+@jax.custom_vjp
+def qr_positive(z):
+  """``(Q, diag R)`` of the reduced QR ``z = Q R`` (``z [D, k]``, ``k <= D``) with ``diag R > 0``.
+
+  Differentiable in reverse mode (the backward pass is one ``k x k``
+  triangular solve, kept behind :func:`rnnjax.diagnostics._core.serialize`
+  like the forward QR); ``diag R`` must be nonzero (full column rank).
+  """
+  return _qr_positive_fwd(z)[0]
+
+
+qr_positive.defvjp(_qr_positive_fwd, _qr_positive_bwd)
 
 
 @core.jit(static_argnames=("cell", "k", "warmup"))
