@@ -121,10 +121,10 @@ def config(args):
   quick = args.quick
   return {
       "hidden": _common.pick(args, "hidden", 32, 16),
-      "delays": [int(d) for d in (args.delays or ("5,10,20,40,70" if not quick else "3,20"))
+      "delays": [int(d) for d in (args.delays or ("5,15,30,45,60" if not quick else "3,20"))
                  .split(",")],
       "seeds": _common.pick(args, "seeds", 5, 2),
-      "steps": _common.pick(args, "steps", 1500, 150),
+      "steps": _common.pick(args, "steps", 1000, 150),
       "batch": 32, "test_batch": 1024 if not quick else 256,
       "lr": 3e-3, "k": _common.pick(args, "k", 4, 2), "warmup": 10,
       "pre_steps": _common.pick(args, "pre_steps", 300, 60), "floss_lr": 1e-2,
@@ -137,16 +137,20 @@ def config(args):
 
 def main(argv=None):
   p = _common.parser(__doc__.split("\n")[0])
-  p.add_argument("--delays", default=None, help="comma-separated delays (default 5,10,20,40,70)")
+  p.add_argument("--delays", default=None, help="comma-separated delays (default 5,15,30,45,60)")
   p.add_argument("--cells", default=None, help="comma-separated: tanh, lstm, gru (default tanh,lstm)")
   p.add_argument("--seeds", type=int, default=None, help="seeds per delay (default 5)")
-  p.add_argument("--steps", type=int, default=None, help="training updates (default 1500)")
+  p.add_argument("--steps", type=int, default=None, help="training updates (default 1000)")
   p.add_argument("--hidden", type=int, default=None, help="hidden size (default 32)")
   p.add_argument("--k", type=int, default=None, help="exponents flossed (default 4)")
   p.add_argument("--pre-steps", dest="pre_steps", type=int, default=None,
                  help="flossing updates before training (default 300)")
   p.add_argument("--every", type=int, default=None, help="flossing period during training (default 10)")
-  p.add_argument("--json", default=None, help="write the results to this JSON file")
+  p.add_argument("--json", default=None, help="write the results to this JSON file (and one "
+                 "line per cell and condition, as they finish, to JSON.partial)")
+  p.add_argument("--from-partial", dest="from_partial", default=None,
+                 help="comma-separated .partial files of earlier runs: no training, only the "
+                 "table and the plot")
   args = p.parse_args(argv)
   cfg = config(args)
   cfg["max_delay"] = max(cfg["delays"])
@@ -156,7 +160,15 @@ def main(argv=None):
         f"updates of {cfg['batch']}, k = {cfg['k']}, {cfg['seeds']} seeds per delay; success: "
         f"test accuracy >= {cfg['threshold']}")
   results, timings = {}, {}
-  for cell_name in cfg["cells"]:
+  if args.from_partial:   # tables and plot from the partial files of earlier runs
+    for path in args.from_partial.split(","):
+      with open(path) as f:
+        for line in f:
+          for key, v in json.loads(line).items():
+            c, d, cond = key.split("/")
+            results[(c, int(d), cond)] = v
+    cfg["cells"] = list(dict.fromkeys(c for c, _, _ in results))
+  for cell_name in ([] if args.from_partial else cfg["cells"]):
     for cond in CONDITIONS:
       with _common.Timer() as t:
         out = build_runner(cell_name, cond, cfg)(jnp.asarray(seeds), jnp.asarray(delays))
@@ -171,13 +183,21 @@ def main(argv=None):
             "lambda1": float(np.mean(lam[:, 0])), "lambdak": float(np.mean(lam[:, -1])),
             "spread": float(np.mean(lam[:, 0] - lam[:, -1])),
             "acc_curve": np.asarray(out["acc_curve"])[m].mean(0).tolist()}
-      print(f"  {cell_name}/{cond}: {t.seconds:.0f} s")
+      print(f"  {cell_name}/{cond}: {t.seconds:.0f} s; success by delay: " + ", ".join(
+          f"{d}: {results[(cell_name, d, cond)]['success']:.0%}" for d in cfg["delays"]),
+          flush=True)
+      if args.json:   # partial results, one line per (cell, condition), as they come
+        with open(args.json + ".partial", "a") as f:
+          f.write(json.dumps({f"{cell_name}/{d}/{cond}": {
+              kk: vv for kk, vv in results[(cell_name, d, cond)].items() if kk != "acc_curve"}
+              for d in cfg["delays"]}) + "\n")
   rows = []
   for cell_name in cfg["cells"]:
     for d in cfg["delays"]:
-      r = [results[(cell_name, d, c)] for c in CONDITIONS]
-      rows.append([cell_name, d] + [f"{x['success'] * 100:.0f}% ({np.mean(x['acc']):.2f})" for x in r]
-                  + [f"{x['lambda1']:+.3f}/{x['spread']:.3f}" for x in r])
+      r = [results.get((cell_name, d, c)) for c in CONDITIONS]
+      rows.append([cell_name, d]
+                  + [f"{x['success'] * 100:.0f}% ({np.mean(x['acc']):.2f})" if x else "-" for x in r]
+                  + [f"{x['lambda1']:+.3f}/{x['spread']:.3f}" if x else "-" for x in r])
   headers = ["cell", "delay"] + [f"success {c} (mean acc)" for c in CONDITIONS] + \
       [f"lam1/spread {c}" for c in CONDITIONS]
   print(_common.table(rows, headers))
@@ -194,6 +214,8 @@ def main(argv=None):
     for j, cell_name in enumerate(cfg["cells"]):
       ax = axes[0, j]
       for cond, mk in zip(CONDITIONS, "osd"):
+        if (cell_name, cfg["delays"][0], cond) not in results:
+          continue
         ax.plot(cfg["delays"], [results[(cell_name, d, cond)]["success"] for d in cfg["delays"]],
                 marker=mk, label=cond)
       ax.set(title=f"{cell_name}: success rate ({cfg['seeds']} seeds)", xlabel="delay d",
@@ -201,6 +223,8 @@ def main(argv=None):
       ax.legend(title="flossing")
       ax = axes[1, j]
       for cond, mk in zip(CONDITIONS, "osd"):
+        if (cell_name, cfg["delays"][0], cond) not in results:
+          continue
         ax.plot(cfg["delays"], [results[(cell_name, d, cond)]["spread"] for d in cfg["delays"]],
                 marker=mk, label=f"{cond}: lambda_1 - lambda_k")
         ax.plot(cfg["delays"], [results[(cell_name, d, cond)]["lambda1"] for d in cfg["delays"]],
@@ -211,6 +235,7 @@ def main(argv=None):
       ax.legend(fontsize=7)
     fig.suptitle("Gradient flossing on the delayed XOR task")
     summary["png"] = _common.savefig(fig, args, "gradient_flossing.png")
+  summary["table"] = _common.table(rows, headers)
   summary["success"] = {f"{c}/{d}/{cond}": v["success"] for (c, d, cond), v in results.items()}
   summary["mean_acc"] = {f"{c}/{d}/{cond}": float(np.mean(v["acc"]))
                          for (c, d, cond), v in results.items()}
