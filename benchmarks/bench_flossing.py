@@ -9,7 +9,9 @@ JVPs and one ``[H, k]`` QR per step forward, a reverse sweep with one
 ``k x k`` triangular solve per step).
 
 Compile time is measured apart (the first call); run time is the median
-over repeated calls, each synchronised with ``block_until_ready``. The
+over repeated calls, each synchronised with ``block_until_ready``. BLAS/LAPACK
+run single-threaded (``single_threaded_blas``: on a loaded host OpenBLAS's
+spinning threads slow the small QRs down by large factors). The
 overhead of flossing every ``n`` steps is ``(t_floss - t_plain) / n``.
 
 Usage::
@@ -31,6 +33,7 @@ import optax
 
 import rnnjax as rj
 from rnnjax import train
+from rnnjax.diagnostics._core import single_threaded_blas
 
 
 def _timed(fn, *args, repeats):
@@ -82,8 +85,9 @@ def main(argv=None):
   args = p.parse_args(argv)
   ks = [int(k) for k in args.ks.split(",")]
   rows = []
-  for h in (int(h) for h in args.hidden.split(",")):
-    rows += run(h, args.T, ks, args.repeats)
+  with single_threaded_blas():
+    for h in (int(h) for h in args.hidden.split(",")):
+      rows += run(h, args.T, ks, args.repeats)
   print(f"device: {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")
   print(f"{'H':>4} {'T':>5} {'k':>5} {'step ms':>9} {'x plain':>8} {'compile s':>10}")
   for r in rows:
