@@ -127,9 +127,10 @@ def config(args):
       "steps": _common.pick(args, "steps", 1000, 150),
       "batch": 32, "test_batch": 1024 if not quick else 256,
       "lr": 3e-3, "k": _common.pick(args, "k", 4, 2), "warmup": 10,
-      "pre_steps": _common.pick(args, "pre_steps", 300, 60), "floss_lr": 1e-2,
-      "floss_batch": 8 if not quick else 4,
-      "every": _common.pick(args, "every", 10, 5), "weight": 1.0,
+      "pre_steps": _common.pick(args, "pre_steps", 100, 60), "floss_lr": 1e-2,
+      "floss_batch": _common.pick(args, "floss_batch", 4, 4),
+      "conditions": (args.conditions or ",".join(CONDITIONS)).split(","),
+      "every": _common.pick(args, "every", 25, 5), "weight": 1.0,
       "cells": (args.cells or ("tanh,lstm" if not quick else "tanh")).split(","),
       "threshold": 0.95,
   }
@@ -144,8 +145,11 @@ def main(argv=None):
   p.add_argument("--hidden", type=int, default=None, help="hidden size (default 32)")
   p.add_argument("--k", type=int, default=None, help="exponents flossed (default 4)")
   p.add_argument("--pre-steps", dest="pre_steps", type=int, default=None,
-                 help="flossing updates before training (default 300)")
-  p.add_argument("--every", type=int, default=None, help="flossing period during training (default 10)")
+                 help="flossing updates before training (default 100)")
+  p.add_argument("--every", type=int, default=None, help="flossing period during training (default 25)")
+  p.add_argument("--floss-batch", dest="floss_batch", type=int, default=None,
+                 help="sequences in each flossing trajectory batch (default 4)")
+  p.add_argument("--conditions", default=None, help="comma-separated subset of none,before,during")
   p.add_argument("--json", default=None, help="write the results to this JSON file (and one "
                  "line per cell and condition, as they finish, to JSON.partial)")
   p.add_argument("--from-partial", dest="from_partial", default=None,
@@ -169,7 +173,7 @@ def main(argv=None):
             results[(c, int(d), cond)] = v
     cfg["cells"] = list(dict.fromkeys(c for c, _, _ in results))
   for cell_name in ([] if args.from_partial else cfg["cells"]):
-    for cond in CONDITIONS:
+    for cond in cfg["conditions"]:
       with _common.Timer() as t:
         out = build_runner(cell_name, cond, cfg)(jnp.asarray(seeds), jnp.asarray(delays))
         out = jax.device_get(out)
