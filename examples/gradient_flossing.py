@@ -218,26 +218,27 @@ def main(argv=None):
     for j, cell_name in enumerate(cfg["cells"]):
       ax = axes[0, j]
       for cond, mk in zip(CONDITIONS, "osd"):
-        if (cell_name, cfg["delays"][0], cond) not in results:
-          continue
-        ax.plot(cfg["delays"], [results[(cell_name, d, cond)]["success"] for d in cfg["delays"]],
-                marker=mk, label=cond)
+        ds = [d for d in cfg["delays"] if (cell_name, d, cond) in results]
+        if ds:
+          ax.plot(ds, [results[(cell_name, d, cond)]["success"] for d in ds], marker=mk, label=cond)
       ax.set(title=f"{cell_name}: success rate ({cfg['seeds']} seeds)", xlabel="delay d",
              ylabel=f"P(test acc >= {cfg['threshold']})", ylim=(-0.05, 1.05))
       ax.legend(title="flossing")
       ax = axes[1, j]
       for cond, mk in zip(CONDITIONS, "osd"):
-        if (cell_name, cfg["delays"][0], cond) not in results:
+        ds = [d for d in cfg["delays"] if (cell_name, d, cond) in results]
+        if not ds:
           continue
-        ax.plot(cfg["delays"], [results[(cell_name, d, cond)]["spread"] for d in cfg["delays"]],
+        ax.plot(ds, [results[(cell_name, d, cond)]["spread"] for d in ds],
                 marker=mk, label=f"{cond}: lambda_1 - lambda_k")
-        ax.plot(cfg["delays"], [results[(cell_name, d, cond)]["lambda1"] for d in cfg["delays"]],
+        ax.plot(ds, [results[(cell_name, d, cond)]["lambda1"] for d in ds],
                 marker=mk, ls=":", label=f"{cond}: lambda_1")
       ax.axhline(0, color="k", lw=0.5)
       ax.set(title=f"{cell_name}: exponents after training (k = {cfg['k']})", xlabel="delay d",
              ylabel="per step")
       ax.legend(fontsize=7)
     fig.suptitle("Gradient flossing on the delayed XOR task")
+    fig.subplots_adjust(hspace=0.35)
     summary["png"] = _common.savefig(fig, args, "gradient_flossing.png")
   summary["table"] = _common.table(rows, headers)
   summary["success"] = {f"{c}/{d}/{cond}": v["success"] for (c, d, cond), v in results.items()}
