@@ -257,3 +257,16 @@ def test_copy_sample_matches_library_layout():
   np.testing.assert_array_equal(x.argmax(-1), ref_x)
   np.testing.assert_array_equal(y, ref_y)
   assert math.isclose(ct.baseline(100), 10 * math.log(8) / 120)
+def test_gradient_flossing(tmp_path):
+  # Quick mode: tanh RNN (hidden 16, 150 updates), delayed XOR at d = 3 and 20, 2 seeds,
+  # no flossing / flossing before / during training. At d = 3 plain training succeeds;
+  # at d = 20 both flossing conditions do at least as well as plain training.
+  r = run("gradient_flossing", tmp_path)
+  s, acc = r["success"], r["mean_acc"]
+  assert set(s) == {f"tanh/{d}/{c}" for d in (3, 20) for c in ("none", "before", "during")}
+  assert all(0.0 <= v <= 1.0 for v in s.values())
+  assert s["tanh/3/none"] >= 0.5
+  for c in ("before", "during"):
+    assert s[f"tanh/20/{c}"] >= s["tanh/20/none"], s
+  assert acc["tanh/20/during"] > 0.9, acc
+  assert os.path.exists(tmp_path / "gradient_flossing.png")

@@ -12,7 +12,17 @@ step; no dense Jacobian is formed. For a time-invariant linear map
 ``h_t = W h_{t-1}`` this converges to ``log|eig(W)|`` sorted descending (with
 error ``O(1/N)``).
 
-Reference: Benettin, Galgani, Giorgilli & Strelcyn, Meccanica 15 (1980).
+The exponents are differentiable with respect to the params and the inputs
+(reverse mode through the scan, the JVPs and the QR steps, whose backward
+pass is one ``k x k`` triangular solve per step: :func:`qr_positive`), which
+is what gradient flossing needs (:mod:`rnnjax.train._flossing`). For the
+linear map, ``d lambda_j / dW = v_j u_j^T / (mu_j v_j^T u_j)`` (right and left
+eigenvectors ``u_j``, ``v_j`` of eigenvalue ``mu_j``), reached with error
+``O(1/N)``; the sum of all ``D`` exponents is ``log|det W|`` at every ``N``.
+
+References: Benettin, Galgani, Giorgilli & Strelcyn, Meccanica 15 (1980);
+Engelken, "Gradient Flossing", NeurIPS 2023 (arXiv:2312.17306) for the
+differentiated exponents.
 """
 
 from __future__ import annotations
@@ -55,10 +65,8 @@ def forward_pass(step, s0, xs, length, noise, *, k, warmup, observe=None):
     z = jax.vmap(jvp, in_axes=1, out_axes=1)(q)       # J_t Q  [D, k]
     obs = None if observe is None else observe(s, x, t)
     s_new, z, obs = core.serialize(s_new, z, obs)
-    q_new, r = jnp.linalg.qr(z)
-    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
-    q_new = q_new * sign[None, :]
-    logr = core.safe_log(jnp.abs(jnp.diagonal(r)))
+    q_new, rdiag = qr_positive(z)
+    logr = core.safe_log(rdiag)
     use = (t >= warmup) & (t < end)
     acc = acc + jnp.where(use, logr, 0.0)
     return (s_new, q_new, acc), (s, obs)
@@ -66,6 +74,43 @@ def forward_pass(step, s0, xs, length, noise, *, k, warmup, observe=None):
   n = end - warmup
   lam = jnp.where(n > 0, acc / jnp.maximum(n, 1).astype(dtype), jnp.nan)
   return s_in, -jnp.sort(-lam), obs
+
+
+def _qr_positive_fwd(z):
+  q, r = jnp.linalg.qr(z)
+  sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(z.dtype)
+  q = q * sign[None, :]
+  r = r * sign[:, None]
+  return (q, jnp.diagonal(r)), (q, r)
+
+
+def _qr_positive_bwd(res, cts):
+  # Reverse mode of the reduced QR A = Q R (m >= n, diag R > 0), with only
+  # diag(R) read (Walter & Lehmann 2018; Seeger et al. 2017):
+  #   M = R Rbar^T - Qbar^T Q,  Abar = (Qbar + Q copyltu(M)) R^{-T},
+  # copyltu(M) = tril(M) + tril(M, -1)^T, Rbar = diag(dbar).
+  q, r = res
+  q_bar, d_bar = cts
+  m = r * d_bar[None, :] - q_bar.T @ q          # R diag(dbar) = R Rbar^T (Rbar diagonal)
+  m = jnp.tril(m) + jnp.tril(m, -1).T
+  x = q_bar + q @ m
+  x, r = core.serialize(x, r)                   # one LAPACK call at a time (see core.serialize)
+  a_bar = jax.scipy.linalg.solve_triangular(r, x.T, lower=False).T
+  return (a_bar,)
+
+
+@jax.custom_vjp
+def qr_positive(z):
+  """``(Q, diag R)`` of the reduced QR ``z = Q R`` (``z [D, k]``, ``k <= D``) with ``diag R > 0``.
+
+  Differentiable in reverse mode (the backward pass is one ``k x k``
+  triangular solve, kept behind :func:`rnnjax.diagnostics._core.serialize`
+  like the forward QR); ``diag R`` must be nonzero (full column rank).
+  """
+  return _qr_positive_fwd(z)[0]
+
+
+qr_positive.defvjp(_qr_positive_fwd, _qr_positive_bwd)
 
 
 @core.jit(static_argnames=("cell", "k", "warmup"))
@@ -109,7 +154,8 @@ def lyapunov_exponents(cell: Any, params: Any, xs: jax.Array, carry: Any = None,
 
   Returns:
     ``[*B, k]`` exponents per step (natural log), sorted descending
-    (``[k]`` for unbatched ``xs``).
+    (``[k]`` for unbatched ``xs``). Differentiable (``jax.grad``) with respect
+    to ``params``, ``xs`` and ``carry``; memory ``O(T D k)`` in reverse mode.
   """
   prep = core.prepare(cell, params, xs, carry, lengths, None)
   D = prep.leaf.size

@@ -29,6 +29,11 @@ watch the gradients live::
 * Tasks -- seeded generators returning a :class:`Batch`:
   :func:`binary_addition`, :func:`adding_problem`, :func:`copy_task`,
   :func:`sequence_classification` (baselines in their docstrings).
+* Gradient flossing (Engelken 2023) -- :func:`flossing_loss` (``sum_i lambda_i^2``
+  over the first k Lyapunov exponents), :func:`floss` (flossing before
+  training), :func:`flossing` (an optax stage flossing every n updates during
+  training); :func:`scale_to_edge_of_chaos` (recurrent gain with
+  ``lambda_1 = 0``). See :mod:`rnnjax.train._flossing`.
 * The loop -- :func:`fit`: a short loop over hooks around the jitted pure
   step :func:`make_train_step`; a data function, an iterable, or in-memory
   arrays with ``epochs`` / ``batch_size`` / ``shuffle`` /
@@ -49,6 +54,11 @@ from rnnjax.train._checkpoint import CorruptCheckpointError as CorruptCheckpoint
 from rnnjax.train._data import ArrayData as ArrayData
 from rnnjax.train._data import evaluate as evaluate
 from rnnjax.train._data import predict as predict
+from rnnjax.train._flossing import FlossingState as FlossingState
+from rnnjax.train._flossing import floss as floss
+from rnnjax.train._flossing import flossing as flossing
+from rnnjax.train._flossing import flossing_loss as flossing_loss
+from rnnjax.train._flossing import scale_to_edge_of_chaos as scale_to_edge_of_chaos
 from rnnjax.train._loop import FitResult as FitResult
 from rnnjax.train._loop import Loop as Loop
 from rnnjax.train._loop import fit as fit
@@ -85,11 +95,12 @@ from rnnjax.train._writers import read_jsonl as read_jsonl
 
 __all__ = [
     "ArrayData", "Batch", "Callback", "ClipByGlobalNormState", "CorruptCheckpointError",
-    "CsvWriter", "EarlyStopping", "FitResult", "JsonLinesWriter", "LOSSES", "Loop",
+    "CsvWriter", "EarlyStopping", "FitResult", "FlossingState", "JsonLinesWriter", "LOSSES", "Loop",
     "MetricWriter", "OPTIMIZERS", "Optimizer", "ReduceLROnPlateau", "TensorBoardWriter",
     "TrainState", "accuracy", "adding_problem", "binary_addition", "binary_cross_entropy",
     "chunk_model_loss", "clip_by_global_norm", "copy_task", "cross_entropy", "evaluate", "fit",
-    "fit_tbptt", "global_norm",
-    "gradient_stats", "l1_penalty", "l2_penalty", "make_tbptt_step", "make_train_step", "model_loss", "mse",
-    "optimizer", "predict", "read_jsonl", "sequence_classification", "weight_clip",
+    "fit_tbptt", "floss", "flossing", "flossing_loss", "global_norm", "gradient_stats",
+    "l1_penalty", "l2_penalty", "make_tbptt_step", "make_train_step", "model_loss", "mse",
+    "optimizer", "predict", "read_jsonl", "scale_to_edge_of_chaos", "sequence_classification",
+    "weight_clip",
 ]
