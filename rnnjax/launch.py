@@ -113,6 +113,8 @@ def _pump(stream, out, prefix):
 
 def _stop(procs, grace_kill=5.0):
   alive = [p for p in procs if p.poll() is None]
+  if alive:
+    sys.stderr.write(f"rnnjax.launch: terminating {len(alive)} process(es) still running.\n")
   for p in alive:
     try:
       os.killpg(p.pid, signal.SIGTERM)

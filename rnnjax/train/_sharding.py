@@ -74,5 +74,22 @@ class DataParallel:
         batch)
 
   def replicate(self, tree):
-    """Places ``tree`` on every device of the mesh."""
-    return jax.device_put(tree, self.replicated)
+    """Places ``tree`` on every device of the mesh.
+
+    Multi-process, every process passes the same host values (same init,
+    same seed) and each fills its own devices; arrays that are already
+    global (not fully addressable) are kept as they are.
+    """
+    if jax.process_count() == 1:
+      return jax.device_put(tree, self.replicated)
+
+    def one(a):
+      if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(one(jax.random.key_data(a)),
+                                        impl=jax.random.key_impl(a))
+      if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return a
+      a = np.asarray(a)
+      return jax.make_array_from_callback(a.shape, self.replicated, lambda idx: a[idx])
+
+    return jax.tree_util.tree_map(one, tree)
