@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 
 import rnnjax as rj  # noqa: E402
 from rnnjax import train  # noqa: E402
-from rnnjax.train._distributed import is_primary, process_slice  # noqa: E402
+from rnnjax.train import process_slice  # noqa: E402
+from rnnjax.train._distributed import is_primary  # noqa: E402
 
 N = 4           # steps of the compared runs
 BATCH = 16      # global batch (divisible by 4 devices)
@@ -93,6 +94,14 @@ def role_one4(out):
   f = jax.jit(lambda a, b, h0: sharded_linear_scan(a, b, h0, mesh, "time"))
   out_diag = f(jax.device_put(a, sh), jax.device_put(b, sh), h0)
   out_aff = f(jax.device_put(A, sh), jax.device_put(b, sh), h0)
+  from rnnjax._time_sharding import sharded_newton_scan
+  W = (rng.normal(size=(D, D)) * 0.5 / np.sqrt(D)).astype(np.float32)
+  U = rng.normal(size=(D, 2)).astype(np.float32)
+  xs = rng.normal(size=(T, 2)).astype(np.float32)
+  newton = jax.jit(lambda xs, h: sharded_newton_scan(
+      lambda h, x: jax.numpy.tanh(W @ h + U @ x), h, xs, mesh, "time", iters=8))(
+          jax.device_put(xs, sh), h0[0])
+  np.savez(os.path.join(out, "newton.npz"), W=W, U=U, xs=xs, h0=h0[0], h=np.asarray(newton))
   dump(out, "timing_4dev", run(40))
   np.savez(os.path.join(out, "scan.npz"), a=a, A=A, b=b, h0=h0,
            diag=np.asarray(out_diag), aff=np.asarray(out_aff),

@@ -250,6 +250,17 @@ def test_time_sharded_scans_equal_unsharded_ones(runs):
 
 
 @pytest.mark.slow
+def test_newton_solve_with_the_time_axis_sharded_equals_the_sequential_recurrence(runs):
+  z = np.load(os.path.join(runs["out"], "newton.npz"))
+  W, U, xs, h = (z[k].astype(np.float64) for k in ("W", "U", "xs", "h0"))
+  ref = []
+  for x in xs:
+    h = np.tanh(W @ h + U @ x)
+    ref.append(h)
+  np.testing.assert_allclose(z["h"], np.array(ref), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_report_timings(runs):
   """Not a check: prints the per-step times for the closing note (-s to see)."""
   steps = {name: _load(runs, name)[1]["step_seconds"]
@@ -321,10 +332,11 @@ def test_linear_scans_on_one_device_match_a_loop():
   for t in range(T):
     hd, ha = a[t] * hd + b[t], A[t] @ ha + b[t]
   mesh = Mesh(np.array(jax.devices()[:1]), ("time",))
-  np.testing.assert_allclose(np.asarray(linear_scan(a, b, h0))[-1], hd, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(linear_scan(A, b, h0))[-1], ha, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(sharded_linear_scan(a, b, h0, mesh, "time"))[-1], hd,
-                             rtol=1e-5, atol=1e-5)
+  unsharded = jax.jit(linear_scan)
+  np.testing.assert_allclose(np.asarray(unsharded(a, b, h0))[-1], hd, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(unsharded(A, b, h0))[-1], ha, rtol=1e-5, atol=1e-5)
+  sharded = jax.jit(lambda a, b, h0: sharded_linear_scan(a, b, h0, mesh, "time"))
+  np.testing.assert_allclose(np.asarray(sharded(a, b, h0))[-1], hd, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="axis_name 'x'"):
     sharded_linear_scan(a, b, h0, mesh, "x")
   with pytest.raises(ValueError, match="h0 must have shape"):

@@ -42,7 +42,8 @@ watch the gradients live::
   :class:`TensorBoardWriter`), callbacks (:class:`Callback`,
   :class:`EarlyStopping`, :class:`ReduceLROnPlateau`), checksummed orbax
   checkpoints with exact resume and fallback past corrupt ones, data
-  parallelism over all devices; :func:`evaluate`, :func:`predict`,
+  parallelism over all devices, multi-process runs (:func:`process_slice`,
+  ``python -m rnnjax.launch``); :func:`evaluate`, :func:`predict`,
   :func:`gradient_stats`.
 """
 
@@ -59,6 +60,7 @@ from rnnjax.train._flossing import floss as floss
 from rnnjax.train._flossing import flossing as flossing
 from rnnjax.train._flossing import flossing_loss as flossing_loss
 from rnnjax.train._flossing import scale_to_edge_of_chaos as scale_to_edge_of_chaos
+from rnnjax.train._distributed import process_slice as process_slice
 from rnnjax.train._loop import FitResult as FitResult
 from rnnjax.train._loop import Loop as Loop
 from rnnjax.train._loop import fit as fit
@@ -101,6 +103,6 @@ __all__ = [
     "chunk_model_loss", "clip_by_global_norm", "copy_task", "cross_entropy", "evaluate", "fit",
     "fit_tbptt", "floss", "flossing", "flossing_loss", "global_norm", "gradient_stats",
     "l1_penalty", "l2_penalty", "make_tbptt_step", "make_train_step", "model_loss", "mse",
-    "optimizer", "predict", "read_jsonl", "scale_to_edge_of_chaos", "sequence_classification",
+    "optimizer", "predict", "process_slice", "read_jsonl", "scale_to_edge_of_chaos", "sequence_classification",
     "weight_clip",
 ]

@@ -8,13 +8,17 @@ its slice, and the gradient of the batch-mean loss is all-reduced by XLA, so
 the result equals the single-device one up to float summation order. The same
 code runs on 1 CPU, 8 GPUs or a TPU slice.
 
-Multi-host: call ``jax.distributed.initialize()`` in every process before
-anything else; ``jax.devices()`` is then the global device list (the default
-here), each process's data function returns its *own* slice of the global
-batch (``global batch = per-process batch * process count``), and
-:meth:`DataParallel.shard_batch` assembles the global array with
-``jax.make_array_from_process_local_data``. Every process runs the same
-``fit`` call; checkpoints are written collectively by orbax.
+Multi-process (one process per host, JAX's multi-controller runtime): call
+``jax.distributed.initialize()`` (or :func:`rnnjax.launch.initialize` under
+``python -m rnnjax.launch``) in every process before anything else;
+``jax.devices()`` is then the global device list (the default here), each
+process's data function returns its *own* rows of the global batch
+(:func:`rnnjax.train.process_slice`), :meth:`DataParallel.shard_batch`
+assembles the global array with ``jax.make_array_from_process_local_data`` and
+:meth:`DataParallel.replicate` the replicated params from each process's
+(identical) host values. Every process runs the same ``fit`` call;
+checkpoints are written collectively by orbax. See the README section "More
+than one machine".
 """
 
 from __future__ import annotations
