@@ -255,7 +255,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="run a module (python -m MODULE) instead of a script")
   parser.add_argument("script", nargs="?", help="the Python script to run")
   parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  module_args = []
+  k, with_value = 0, {"-n", "--processes", "-d", "--devices-per-process", "--timeout", "--grace",
+                      "--heartbeat-timeout"}
+  while k < len(argv) and argv[k].startswith("-"):  # the launcher's own options
+    if argv[k] == "-m":  # everything after "-m MODULE" belongs to the module
+      argv, module_args = argv[:k + 2], argv[k + 2:]
+      break
+    k += 2 if argv[k] in with_value else 1
   a = parser.parse_args(argv)
+  if a.module is not None:
+    a.args = module_args
   if a.processes < 1:
     parser.error("--processes must be >= 1")
   if a.devices_per_process < 0:

@@ -343,3 +343,17 @@ def test_linear_scans_on_one_device_match_a_loop():
     linear_scan(a, b, h0[:2])
   with pytest.raises(ValueError, match="affine"):
     linear_scan(A[..., :2], b, h0)
+
+
+def test_launcher_command_line(monkeypatch):
+  from rnnjax import launch
+  calls = []
+  monkeypatch.setattr(launch, "launch", lambda cmd, **kw: calls.append((cmd[1:], kw)) or 0)
+  assert launch.main(["-n", "2", "-d", "3", "train.py", "--steps", "100", "-m", "x"]) == 0
+  assert launch.main(["--processes=3", "--timeout", "9", "-m", "pkg.mod", "-n", "1"]) == 0
+  (c1, k1), (c2, k2) = calls
+  assert c1 == ["train.py", "--steps", "100", "-m", "x"]
+  assert (k1["processes"], k1["devices_per_process"]) == (2, 3)
+  assert c2 == ["-m", "pkg.mod", "-n", "1"] and k2["processes"] == 3 and k2["timeout"] == 9
+  with pytest.raises(SystemExit):
+    launch.main(["-n", "0", "train.py"])
