@@ -39,8 +39,9 @@ ever deleted: numbered folders without the marker (not ours) are ignored and
 never removed, and ``keep`` only rotates our own checkpoints.
 
 Multi-process (``jax.distributed``): orbax writes the arrays collectively;
-the lock, the commit rename and the deletions are done by process 0 only
-(not yet exercised by a multi-process test).
+the lock, the commit rename and the deletions are done by process 0 only,
+every process writing into process 0's temporary folder, with barriers
+between the steps (tested with 2 processes in ``tests/test_distributed.py``).
 
 Before restoring, the leaf description in the metadata is compared with the
 current run's state; a difference (another model, another optimizer) raises a
@@ -61,6 +62,8 @@ from typing import Optional
 
 import jax
 import numpy as np
+
+from rnnjax.train import _distributed
 
 FORMAT = "rnnjax.train.checkpoint/2"
 _LEGACY_FORMATS = ("rnnjax.train.checkpoint/1",)  # written by orbax's CheckpointManager, no checksums
@@ -184,6 +187,9 @@ class Checkpointer:
     if self._primary:
       self._lock()
       self._remove_garbage()
+    # Every process writes into the same temporary folder, named after process 0's pid.
+    self._tag = int(_distributed.from_primary(np.int64(os.getpid())))
+    _distributed.barrier("rnnjax checkpoint open")
     self._ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
 
   # ------------------------------------------------------------------ lock
@@ -287,13 +293,15 @@ class Checkpointer:
       if not self._is_ours(str(step)):
         raise ValueError(f"cannot save checkpoint {final!r}: a folder of that name exists and "
                          "is not an rnnjax checkpoint (it is left untouched).")
-      self._delete(step)
+      if self._primary:
+        self._delete(step)
     meta = dict(meta, format=FORMAT, step=step, tree=describe(state), checksums=checksums(state))
     meta["sha256"] = _json_sha(meta)
-    tmp = os.path.join(self.directory, f"{_TMP}{step}-{os.getpid()}")
+    tmp = os.path.join(self.directory, f"{_TMP}{step}-{self._tag}")
     if self._primary:
       shutil.rmtree(tmp, ignore_errors=True)
       os.makedirs(os.path.join(tmp, "meta"))
+    _distributed.barrier("rnnjax checkpoint prepared")
     self._ckptr.save(os.path.join(tmp, "state"), args=self._ocp.args.StandardSave(state))
     if self._primary:
       _write_file(os.path.join(tmp, "meta", "metadata"),
@@ -305,6 +313,7 @@ class Checkpointer:
       _fsync_dir(self.directory)
       for old in self.all_steps()[:-self.keep]:
         self._delete(old)
+    _distributed.barrier("rnnjax checkpoint committed")
 
   def _delete(self, step: int) -> None:
     """Rename-then-remove: a kill mid-way leaves a hidden garbage folder, never a half checkpoint."""

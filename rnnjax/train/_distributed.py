@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from rnnjax.train._callbacks import Callback
+
 
 def is_primary() -> bool:
   """Whether this is process 0 (the one that prints and writes logs)."""
@@ -89,3 +91,38 @@ def max_in_flight() -> int:
   if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
     return 1
   return 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reached the barrier ``name`` (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def from_primary(value):
+  """Process 0's host ``value`` (a scalar or array), on every process."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
+class MultiProcess(Callback):
+  """The loop hook of a multi-process run (added by ``fit`` when ``jax.process_count() > 1``).
+
+  At the start, checks that every process starts from the same step (the
+  same checkpoint); after each update, waits for it when
+  :func:`max_in_flight` says so.
+  """
+
+  def __init__(self):
+    self.in_flight = max_in_flight()
+
+  def on_fit_start(self, loop):
+    agree(int(loop.start), "the step to start from (did every process see the same checkpoint?)")
+
+  def on_step(self, loop, n, batch, metrics):
+    if self.in_flight:
+      jax.block_until_ready(metrics)
+    return metrics

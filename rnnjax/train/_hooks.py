@@ -113,7 +113,7 @@ class AdjointNorms(Callback):
 
   def on_step(self, loop, n, batch, metrics):
     if n % self.every == 0 or n == loop.steps:
-      return dict(metrics, adjoint_norms=self.fn(loop.state.params, batch))
+      return dict(metrics, adjoint_norms=self.fn(loop.state.params, loop.dp.shard_batch(batch)))
     return metrics
 
 

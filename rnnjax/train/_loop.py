@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from rnnjax import _checks
+from rnnjax.train import _distributed
 from rnnjax.train import _hooks
 from rnnjax.train._callbacks import Callback
 from rnnjax.train._data import ArrayData, data_source, is_array_data
@@ -363,7 +364,11 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
   if adjoint_every:
     hooks.append(_hooks.AdjointNorms(_adjoint_fn(model, loss), adjoint_every))
   hooks += callbacks
-  hooks += [_hooks.Writers(as_writers(writers, jsonl)), _hooks.Progress(progress)]
+  writer_list = as_writers(writers, jsonl)
+  if _distributed.is_primary():  # multi-process: only process 0 writes and prints
+    hooks += [_hooks.Writers(writer_list), _hooks.Progress(progress)]
+  if jax.process_count() > 1:
+    hooks.append(_distributed.MultiProcess())
   loop = Loop(state=state, step_fn=step_fn, batch_at=array_data or data_source(data), dp=dp,
               steps=steps, hooks=hooks, callbacks=callbacks, has_eval=eval_data is not None,
               flush_every_step=bool(callbacks))
