@@ -145,7 +145,7 @@ def check_float_dtype(dtype, argname: str = "param_dtype", *, allow_none: bool =
   try:
     dt = jnp.dtype(dtype)
   except TypeError:
-    raise TypeError(f"{argname} must be a floating dtype (e.g. jnp.float32), "
+    raise TypeError(f"{argname} must be a dtype (a floating one, e.g. jnp.float32), "
                     f"got {dtype!r}.") from None
   if not jnp.issubdtype(dt, jnp.floating):
     raise TypeError(f"{argname} must be a floating dtype (e.g. jnp.float32), got {dt}.")
