@@ -104,8 +104,13 @@ def np_scan(cell, params, xs, lengths=None, reverse=False):
   """``xs [*B, T, I]`` -> ``(final carry leaves [*B, S] as a list, ys [*B, T, O])``."""
   xs = np.asarray(xs, np.float64)
   bshape, T = xs.shape[:-2], xs.shape[-2]
-  xf = xs.reshape((-1, T, xs.shape[-1]))
-  L = (np.full(xf.shape[0], T) if lengths is None else np.asarray(lengths).reshape(-1))
+  nb = int(np.prod(bshape))
+  xf = xs.reshape((nb, T, xs.shape[-1]))
+  L = (np.full(nb, T) if lengths is None else np.asarray(lengths).reshape(-1))
+  template = jax.eval_shape(lambda: cell.initial_carry(()))
+  if nb == 0:
+    return ([np.zeros(bshape + l.shape) for l in jax.tree_util.tree_leaves(template)],
+            np.zeros(bshape + (T, cell.output_size)))
   finals, ys = [], []
   for b in range(xf.shape[0]):
     carry = jax.tree_util.tree_map(lambda z: np.zeros(z.shape, np.float64),
@@ -470,3 +475,80 @@ def test_diagnose_contract(name, T, lengths, scale, seed, nan):
   ok = np.isfinite(ref)
   np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
   np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# scan with generated arguments, good or bad: the documented result or a clear error
+
+_ARG_CELLS = {"SimpleRNN-tanh": CELLS["SimpleRNN-tanh"], "LSTM": CELLS["LSTM"]}
+_ARG_PARAMS = {k: _params(c, 2, 3, 1.0) for k, c in _ARG_CELLS.items()}
+
+
+@st.composite
+def scan_arguments(draw):
+  name = draw(st.sampled_from(sorted(_ARG_CELLS)))
+  rank = draw(st.sampled_from([0, 1, 2, 3, 3, 3, 4]))
+  shape = tuple(draw(st.sampled_from([0, 1, 2, 3])) for _ in range(max(rank - 1, 0)))
+  feat = draw(st.sampled_from([2, 2, 2, 1, 3]))
+  shape = shape + (feat,) if rank else ()
+  dtype = draw(st.sampled_from(["float32", "float32", "float16", "bfloat16", "int32", "bool"]))
+  xs = np.asarray(draw(st.integers(0, 99)) % 7 - 3.0 + np.zeros(shape) +
+                  np.cos(np.arange(int(np.prod(shape))).reshape(shape)), np.float32)
+  xs = jnp.asarray(xs).astype(dtype)
+  bshape = shape[:-2] if rank >= 2 else ()
+  T = shape[-2] if rank >= 2 else 0
+  lengths = None
+  kind = draw(st.sampled_from(["none", "none", "good", "range", "float", "shape"]))
+  if kind != "none":
+    lshape = bshape if kind != "shape" else bshape + (1,)
+    lo, hi = (0, T) if kind != "range" else (-2, T + 2)
+    vals = np.asarray(draw(st.lists(st.integers(lo, hi), min_size=int(np.prod(lshape)),
+                                    max_size=int(np.prod(lshape)))), np.int32).reshape(lshape)
+    lengths = vals.astype(np.float32) if kind == "float" else vals
+  carry_kind = draw(st.sampled_from(["none", "none", "good", "bad"]))
+  return dict(name=name, xs=xs, lengths=lengths, carry_kind=carry_kind, T=T, bshape=bshape,
+              reverse=draw(st.booleans()))
+
+
+def _problems(a):
+  """The arguments that are wrong, by the documented contract."""
+  xs, L = a["xs"], a["lengths"]
+  bad = []
+  if xs.ndim < 2 or not jnp.issubdtype(xs.dtype, jnp.floating) or xs.shape[-1] != 2:
+    bad.append("xs")
+    return bad
+  if L is not None and (L.dtype.kind != "i" or L.shape != a["bshape"] or
+                        (L.size and (L.min() < 0 or L.max() > a["T"]))):
+    bad.append("lengths")
+  if a["carry_kind"] == "bad":
+    bad.append("carry")
+  return bad
+
+
+@fuzz(30)
+@given(a=scan_arguments())
+def test_scan_generated_arguments(a):
+  cell, params = _ARG_CELLS[a["name"]], _ARG_PARAMS[a["name"]]
+  bad = _problems(a)
+  carry = None
+  if a["carry_kind"] != "none":
+    extra = (1,) if a["carry_kind"] == "bad" else ()
+    carry = cell.initial_carry(a["bshape"] + extra)
+  call = lambda: rj.scan(cell, params, a["xs"], carry, lengths=a["lengths"],
+                         reverse=a["reverse"])
+  if bad:
+    with pytest.raises((ValueError, TypeError)) as ei:
+      call()
+    msg = str(ei.value)
+    assert any(b in msg for b in bad), f"the error names none of {bad}: {msg}"
+    assert "rnnjax" in str(ei.traceback[-1].path), f"raised from {ei.traceback[-1].path}"
+    return
+  final, ys = call()
+  xs64 = np.asarray(a["xs"].astype(jnp.float32), np.float64)
+  ref_final, ref_ys = np_scan(cell, params, xs64, a["lengths"], a["reverse"])
+  assert ys.shape == ref_ys.shape
+  assert np.all(np.isfinite(np.asarray(ys, np.float32)))
+  np.testing.assert_allclose(np.asarray(ys, np.float64), ref_ys, rtol=1e-4, atol=1e-4)
+  for x, r in zip(jax.tree_util.tree_leaves(final), ref_final):
+    np.testing.assert_allclose(np.asarray(x, np.float64), r.reshape(np.shape(x)),
+                               rtol=1e-4, atol=1e-4)
