@@ -253,7 +253,7 @@ def last_valid(ys, lengths=None):
   zeros.
 
   Args:
-    ys: ``[*B, T, O]`` with ``T >= 1``.
+    ys: ``[*B, T, O]`` (``T >= 1`` unless ``lengths`` is given).
     lengths: optional int ``[*B]`` in ``[0, T]``. Checked when concrete (a
       float dtype, a wrong shape or a value outside ``[0, T]`` raises); under
       ``jit`` only dtype and shape are checked and values act as if clipped.
@@ -261,10 +261,13 @@ def last_valid(ys, lengths=None):
   if not hasattr(ys, "shape") or jnp.ndim(ys) < 2:
     raise ValueError(f"ys must be an array [*B, T, O] of rank >= 2, got "
                      f"{getattr(ys, 'shape', type(ys).__name__)}.")
-  if ys.shape[-2] == 0:
-    raise ValueError(f"ys has no time steps (shape {ys.shape}): there is no last valid step.")
   if lengths is not None:
     lengths = _checks.check_lengths(lengths, ys.shape[:-2], ys.shape[-2])
+  if ys.shape[-2] == 0:
+    if lengths is None:
+      raise ValueError(f"ys has no time steps (shape {ys.shape}) and no lengths: there is "
+                       "no last step (pass lengths, all 0, for zeros).")
+    return jnp.zeros(ys.shape[:-2] + ys.shape[-1:], ys.dtype)
   if lengths is None:
     return ys[..., -1, :]
   idx = jnp.clip(lengths - 1, 0, ys.shape[-2] - 1)

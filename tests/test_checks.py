@@ -160,7 +160,9 @@ def test_last_valid_checks_lengths():
   with pytest.raises(ValueError, match="ys must be an array"):
     rj.last_valid(jnp.ones(3), jnp.array(1))
   with pytest.raises(ValueError, match="ys has no time steps"):
-    rj.last_valid(jnp.ones((2, 0, 3)), jnp.array([0, 0]))
+    rj.last_valid(jnp.ones((2, 0, 3)))
+  np.testing.assert_array_equal(rj.last_valid(jnp.ones((2, 0, 3)), jnp.array([0, 0])),
+                                np.zeros((2, 3)))
   # Under jit: documented clipping, no error.
   out = jax.jit(rj.last_valid)(ys, jnp.array([9, 2]))
   np.testing.assert_array_equal(out, [ys[0, 3], ys[1, 1]])
