@@ -246,3 +246,20 @@ def check_fan_in(kernels, argname: str = "flax_params") -> None:
   if len(set(fans.values())) > 1:
     raise ValueError(f"{argname}: the input-side kernels disagree on the input size "
                      f"(fan-in, first axis): {fans}; every gate must read the same input.")
+
+
+def cast_inputs(xs, params, compute_dtype=None):
+  """``xs`` cast to the dtype the step computes in: the cell's compute ``dtype``, else
+  the params' (promoted) floating dtype. Explicit, so that float16/bfloat16 inputs with
+  float32 params never rely on implicit promotion (an error under
+  ``jax_numpy_dtype_promotion="strict"``).
+  """
+  if compute_dtype is not None:
+    target = jnp.dtype(compute_dtype)
+  else:
+    leaves = [l for l in jax.tree_util.tree_leaves(params)
+              if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.floating)]
+    if not leaves:
+      return xs
+    target = jnp.result_type(*leaves)
+  return xs if xs.dtype == target else xs.astype(target)

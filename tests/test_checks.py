@@ -339,3 +339,19 @@ def test_core_gradients_of_empty_scans(cell, shape):
   for leaf in jax.tree_util.tree_leaves(g):
     np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
   assert gx.shape == xs.shape
+
+
+@pytest.mark.parametrize("dt", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_core_low_precision_inputs_with_float32_params(dt, impl):
+  # Found by tests/test_fuzz.py: float16/bfloat16 xs with float32 params relied on implicit
+  # promotion (a TypePromotionError from inside JAX under strict promotion). The inputs are
+  # cast to the params' dtype (the cell's compute dtype when it has one): the result is the
+  # float32 run on the rounded inputs.
+  for cell in (rj.SimpleRNN(H), rj.LSTM(H), rj.GRU(H)):
+    params = cell.init(jax.random.key(0), I)
+    xs = jnp.linspace(-1, 1, B * T * I).reshape(B, T, I).astype(dt)
+    c, ys = rj.scan(cell, params, xs, impl=impl)
+    c32, ys32 = rj.scan(cell, params, xs.astype(jnp.float32), impl=impl)
+    assert ys.dtype == jnp.float32
+    np.testing.assert_array_equal(ys, ys32)
