@@ -200,7 +200,8 @@ def check_layer_params(params, n: int, owner: str, argname: str = "params") -> N
                     f"{owner}.init), got {type(params).__name__}.")
   if len(params) != n:
     raise ValueError(f"{argname} of {owner} has {len(params)} layer params, but it has {n} "
-                     f"layers (use the params returned by its init).")
+                     f"layers (use the params returned by its init); got "
+                     f"{type(params).__name__} of length {len(params)}.")
 
 
 def check_param_keys(params, keys, owner: str, argname: str = "params") -> None:

@@ -136,7 +136,8 @@ class Stack:
         cell.check_params(p, f"{argname}[{i}]")
 
   def _label(self):
-    return "Stack[" + ", ".join(type(c).__name__ for c in self.cells) + "]"
+    return (f"the Stack of {len(self.cells)} cells ["
+            + ", ".join(type(c).__name__ for c in self.cells) + "]")
 
   def check_input(self, params, x, argname="x"):
     """Raises if ``params`` do not fit the stack (one entry per layer) or ``x``'s feature size does not match."""
@@ -346,6 +347,11 @@ class SequenceModel:
     """Raises unless ``params`` has the structure :meth:`init` returns."""
     keys = ("layers", "readout") if self.readout is not None else ("layers",)
     _checks.check_param_keys(params, keys, "SequenceModel", argname)
+    layers, n = params["layers"], len(self.layers)
+    if isinstance(layers, (tuple, list)) and len(layers) != n:
+      raise ValueError(f"{argname}['layers'] of a SequenceModel with {n} recurrent layers must "
+                       f"have one entry per layer (SequenceModel.init's result), got "
+                       f"{len(layers)} layers.")
     _checks.check_layer_params(params["layers"], len(self.layers), "SequenceModel",
                                f"{argname}['layers']")
 

@@ -126,16 +126,16 @@ def test_stack_and_model_params_for_fewer_layers():
   stack = rj.Stack([rj.GRU(H), rj.LSTM(H)])
   p = _ones_params(stack)
   xs = jnp.ones((B, T, I))
-  with pytest.raises(ValueError, match=r"params of Stack\[GRU, LSTM\] has 1 layer params, but it "
+  with pytest.raises(ValueError, match=r"params of the Stack of 2 cells \[GRU, LSTM\] has 1 layer params, but it "
                                        r"has 2 layers"):
     stack.apply(p[:1], xs)
   with pytest.raises(ValueError, match=r"has 1 layer params, but it has 2"):
     rj.scan(stack, p[:1], xs)
-  with pytest.raises(TypeError, match=r"params of Stack\[GRU, LSTM\] must be a tuple of 2"):
+  with pytest.raises(TypeError, match=r"params of the Stack of 2 cells \[GRU, LSTM\] must be a tuple of 2"):
     stack.apply(p[0], xs)
   model = rj.SequenceModel([rj.GRU(H), rj.GRU(H)], rj.Dense(1))
   mp = _ones_params(model)
-  with pytest.raises(ValueError, match=r"params\['layers'\] of SequenceModel has 1 layer params"):
+  with pytest.raises(ValueError, match=r"params\['layers'\] of a SequenceModel with 2 recurrent layers .*got 1 layers"):
     model.apply({**mp, "layers": mp["layers"][:1]}, xs)
   with pytest.raises(ValueError, match=r"params of SequenceModel lacks \['readout'\]"):
     model.apply({"layers": mp["layers"]}, xs)

@@ -181,14 +181,14 @@ def test_stack_and_model_params_for_fewer_layers():
   stack = rj.Stack([rj.GRU(H), rj.LSTM(H), rj.GRU(H)])
   p = stack.init(jax.random.key(0), I)
   for run in (lambda q: stack.apply(q, XS), lambda q: rj.scan(stack, q, XS)):
-    with pytest.raises(ValueError, match=r"Stack\[GRU, LSTM, GRU\] has 2 layer params, but it "
+    with pytest.raises(ValueError, match=r"Stack of 3 cells \[GRU, LSTM, GRU\] has 2 layer params, but it "
                                          r"has 3 layers") as ei:
       run(p[:2])
     assert "rnnjax" in str(ei.traceback[-1].path)
   model = rj.SequenceModel([rj.GRU(H), stack], rj.Dense(1))
   mp = model.init(jax.random.key(0), I)
-  with pytest.raises(ValueError, match=r"params\['layers'\] of SequenceModel has 1 layer params, "
-                                       r"but it has 2 layers"):
+  with pytest.raises(ValueError, match=r"params\['layers'\] of a SequenceModel with 2 recurrent "
+                                       r"layers .*got 1 layers"):
     model.apply({**mp, "layers": mp["layers"][:1]}, XS)
-  with pytest.raises(ValueError, match=r"Stack\[GRU, LSTM, GRU\] has 2 layer params"):
+  with pytest.raises(ValueError, match=r"Stack of 3 cells \[GRU, LSTM, GRU\] has 2 layer params"):
     model.apply({**mp, "layers": (mp["layers"][0], mp["layers"][1][:2])}, XS)
