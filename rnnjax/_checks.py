@@ -130,3 +130,137 @@ def check_real_number(value, argname: str) -> float:
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
     raise TypeError(f"{argname} must be a real number, got {type(value).__name__}: {value!r}.")
   return float(value)
+
+
+def check_float_dtype(dtype, argname: str = "param_dtype", *, allow_none: bool = False):
+  """``dtype`` as a ``jnp.dtype``; TypeError unless it is a floating dtype.
+
+  Parameters are drawn by random initialisers and trained by gradients, so
+  they must be floating (float16, bfloat16, float32, float64).
+  """
+  if dtype is None:
+    if allow_none:
+      return None
+    raise TypeError(f"{argname} must be a floating dtype (e.g. jnp.float32), got None.")
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"{argname} must be a dtype (a floating one, e.g. jnp.float32), "
+                    f"got {dtype!r}.") from None
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"{argname} must be a floating dtype (e.g. jnp.float32), got {dt}.")
+  return dt
+
+
+def check_real(value, argname: str, *, finite: bool = True) -> float:
+  """``value`` as a Python float; TypeError unless it is a real number (not a bool or str)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                   np.floating)):
+    if not (isinstance(value, (np.ndarray, jax.Array)) and jnp.ndim(value) == 0
+            and jnp.issubdtype(jnp.result_type(value), jnp.number)
+            and not isinstance(value, jax.core.Tracer)):
+      raise TypeError(f"{argname} must be a real number, got {type(value).__name__}: "
+                      f"{value!r}.")
+  value = float(value)
+  if finite and not np.isfinite(value):
+    raise ValueError(f"{argname} must be finite, got {value}.")
+  return value
+
+
+def check_rate(value, argname: str = "dropout") -> float:
+  """A dropout rate: a real number in ``[0, 1)``."""
+  value = check_real(value, argname)
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{argname} must be in [0, 1), got {value}.")
+  return value
+
+
+def is_cell(obj) -> bool:
+  """Whether ``obj`` follows the cell protocol: ``initial_carry`` and ``cell(params, carry, x)``."""
+  return callable(obj) and hasattr(obj, "initial_carry") and not isinstance(obj, type)
+
+
+def check_cell(cell, argname: str = "cell") -> None:
+  """TypeError unless ``cell`` is a cell instance (a class, None or a string are not)."""
+  if is_cell(cell):
+    return
+  hint = ""
+  if isinstance(cell, type) and hasattr(cell, "initial_carry"):
+    hint = f" (the class {cell.__name__} itself; instantiate it, e.g. {cell.__name__}(64))"
+  raise TypeError(
+      f"{argname} must be an rnnjax cell (SimpleRNN, IRNN, JordanRNN, LSTM, GRU, a Stack, or "
+      f"anything with initial_carry(batch_shape) and __call__(params, carry, x)), got "
+      f"{type(cell).__name__}: {cell!r}{hint}.")
+
+
+def check_layer_params(params, n: int, owner: str, argname: str = "params") -> None:
+  """``params`` of a layer with ``n`` sublayers: a tuple or list of length ``n``."""
+  if not isinstance(params, (tuple, list)):
+    raise TypeError(f"{argname} of {owner} must be a tuple of {n} per-layer params (from "
+                    f"{owner}.init), got {type(params).__name__}.")
+  if len(params) != n:
+    raise ValueError(f"{argname} of {owner} has {len(params)} layer params, but it has {n} "
+                     f"layers (use the params returned by its init); got "
+                     f"{type(params).__name__} of length {len(params)}.")
+
+
+def check_param_keys(params, keys, owner: str, argname: str = "params") -> None:
+  """``params`` must be a mapping holding every key in ``keys``."""
+  from collections.abc import Mapping
+  if not isinstance(params, Mapping):
+    raise TypeError(f"{argname} of {owner} must be a dict with keys {list(keys)} (from "
+                    f"{owner}.init), got {type(params).__name__}.")
+  missing = [k for k in keys if k not in params]
+  if missing:
+    raise ValueError(f"{argname} of {owner} lacks {missing}: expected the keys {list(keys)} "
+                     f"(from {owner}.init), got {sorted(params)}.")
+
+
+def is_concrete(x) -> bool:
+  """Whether ``x`` holds values on the host (not a tracer under jit/grad/vmap)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_finite(x, argname: str) -> None:
+  """ValueError naming ``argname`` and the first non-finite entry, when ``x`` is concrete.
+
+  Under ``jit`` (a tracer) nothing can be checked and nothing is raised.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
+    if not is_concrete(leaf) or not hasattr(leaf, "dtype"):
+      continue
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    arr = np.asarray(leaf)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+      idx = tuple(int(i) for i in np.argwhere(bad)[0])
+      where = f"{argname}{jax.tree_util.keystr(path)}"
+      raise ValueError(
+          f"{where} has {int(bad.sum())} non-finite value(s) (first {arr[idx]} at index "
+          f"{idx}); the result would be NaN, not a measurement.")
+
+
+def check_fan_in(kernels, argname: str = "flax_params") -> None:
+  """All input-side kernels ``{name: [fan_in, H]}`` must share one fan-in (the input size)."""
+  fans = {name: np.shape(k)[0] for name, k in kernels.items() if np.ndim(k) == 2}
+  if len(set(fans.values())) > 1:
+    raise ValueError(f"{argname}: the input-side kernels disagree on the input size "
+                     f"(fan-in, first axis): {fans}; every gate must read the same input.")
+
+
+def cast_inputs(xs, params, compute_dtype=None):
+  """``xs`` cast to the dtype the step computes in: the cell's compute ``dtype``, else
+  the params' (promoted) floating dtype. Explicit, so that float16/bfloat16 inputs with
+  float32 params never rely on implicit promotion (an error under
+  ``jax_numpy_dtype_promotion="strict"``).
+  """
+  if compute_dtype is not None:
+    target = jnp.dtype(compute_dtype)
+  else:
+    leaves = [l for l in jax.tree_util.tree_leaves(params)
+              if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.floating)]
+    if not leaves:
+      return xs
+    target = jnp.result_type(*leaves)
+  return xs if xs.dtype == target else xs.astype(target)

@@ -57,6 +57,7 @@ class Dense:
 
   def logits(self, params, h):
     """The pre-activation ``h V + b`` (for losses from logits)."""
+    _checks.check_param_keys(params, ("w", "b"), "Dense")
     if jnp.shape(h)[-1] != params["w"].shape[0]:
       raise ValueError(f"h has feature size {jnp.shape(h)[-1]}, but the Dense params "
                        f"expect {params['w'].shape[0]}.")
@@ -97,11 +98,16 @@ class Stack:
   dropout: float = 0.0
 
   def __post_init__(self):
+    if _checks.is_cell(self.cells) or not hasattr(self.cells, "__iter__") \
+        or isinstance(self.cells, str):
+      raise TypeError(f"cells must be a sequence of cells, e.g. Stack([LSTM(64), LSTM(64)]), "
+                      f"got {type(self.cells).__name__}.")
     object.__setattr__(self, "cells", tuple(self.cells))
     if not self.cells:
       raise ValueError("cells must be a non-empty sequence of cells.")
-    if not 0.0 <= float(self.dropout) < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+    for i, c in enumerate(self.cells):
+      _checks.check_cell(c, f"cells[{i}]")
+    object.__setattr__(self, "dropout", _checks.check_rate(self.dropout, "dropout"))
 
   @property
   def output_size(self):
@@ -122,24 +128,26 @@ class Stack:
     """A tuple of the cells' initial carries (zeros)."""
     return tuple(c.initial_carry(batch_shape, dtype) for c in self.cells)
 
-  def check_params(self, params, argname: str = "params"):
-    """Raises unless ``params`` is a tuple/list with one entry per layer, each fitting its cell."""
-    if not isinstance(params, (tuple, list)) or len(params) != len(self.cells):
-      got = f"{type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) \
-          else type(params).__name__
-      raise ValueError(f"{argname} of a Stack of {len(self.cells)} cells must be a tuple with one "
-                       f"entry per layer (Stack.init's result), got {got}.")
-    for l, (cell, p) in enumerate(zip(self.cells, params)):
+  def check_params(self, params, argname="params"):
+    """Raises unless ``params`` is a tuple with one entry per cell, each fitting its cell."""
+    _checks.check_layer_params(params, len(self.cells), self._label(), argname)
+    for i, (cell, p) in enumerate(zip(self.cells, params)):
       if hasattr(cell, "check_params"):
-        cell.check_params(p, argname=f"{argname}[{l}]")
+        cell.check_params(p, f"{argname}[{i}]")
+
+  def _label(self):
+    return (f"the Stack of {len(self.cells)} cells ["
+            + ", ".join(type(c).__name__ for c in self.cells) + "]")
 
   def check_input(self, params, x, argname="x"):
     """Raises if ``params`` do not fit the stack (one entry per layer) or ``x``'s feature size does not match."""
     self.check_params(params)
-    self.cells[0].check_input(params[0], x, argname)
+    if hasattr(self.cells[0], "check_input"):
+      self.cells[0].check_input(params[0], x, argname)
 
   def __call__(self, params, carry, x):
     """One step of every layer: ``(carries, x) -> (carries, y_top)``."""
+    self.check_params(params)
     new = []
     for cell, p, c in zip(self.cells, params, carry):
       c, x = cell(p, c, x)
@@ -150,6 +158,8 @@ class Stack:
             time_major=False, input_projection="auto"):
     """Runs the stack layer by layer over ``xs [*B, T, I]``; returns ``(carries, ys)``."""
     self.check_params(params)
+    if carry is not None:
+      _checks.check_layer_params(carry, len(self.cells), self._label(), "carry")
     if key is not None:
       _checks.check_key(key)
       keys = jax.random.split(key, len(self.cells))
@@ -186,8 +196,10 @@ class Bidirectional:
   merge: str = "concat"
 
   def __post_init__(self):
+    _checks.check_cell(self.forward, "forward")
     if self.backward is None:
       object.__setattr__(self, "backward", self.forward)
+    _checks.check_cell(self.backward, "backward")
     if self.merge not in _MERGES:
       raise ValueError(f"merge must be one of {_MERGES}, got {self.merge!r}.")
     if self.merge != "concat" and self.forward.output_size != self.backward.output_size:
@@ -217,6 +229,10 @@ class Bidirectional:
             input_projection="auto", key=None):
     """``xs [*B, T, I] -> ((carry_f, carry_b), ys [*B, T, O])``."""
     del key
+    _checks.check_param_keys(params, ("forward", "backward"), "Bidirectional")
+    if carry is not None and (not isinstance(carry, (tuple, list)) or len(carry) != 2):
+      raise TypeError("carry of Bidirectional must be a pair (forward_carry, backward_carry), "
+                      f"got {type(carry).__name__}.")
     cf, cb = (None, None) if carry is None else carry
     cf, yf = scan(self.forward, params["forward"], xs, cf, lengths=lengths,
                   time_major=time_major, input_projection=input_projection)
@@ -236,7 +252,23 @@ def last_valid(ys, lengths=None):
 
   Without ``lengths`` this is ``ys[..., -1, :]``. A sequence of length 0 gives
   zeros.
+
+  Args:
+    ys: ``[*B, T, O]`` (``T >= 1`` unless ``lengths`` is given).
+    lengths: optional int ``[*B]`` in ``[0, T]``. Checked when concrete (a
+      float dtype, a wrong shape or a value outside ``[0, T]`` raises); under
+      ``jit`` only dtype and shape are checked and values act as if clipped.
   """
+  if not hasattr(ys, "shape") or jnp.ndim(ys) < 2:
+    raise ValueError(f"ys must be an array [*B, T, O] of rank >= 2, got "
+                     f"{getattr(ys, 'shape', type(ys).__name__)}.")
+  if lengths is not None:
+    lengths = _checks.check_lengths(lengths, ys.shape[:-2], ys.shape[-2])
+  if ys.shape[-2] == 0:
+    if lengths is None:
+      raise ValueError(f"ys has no time steps (shape {ys.shape}) and no lengths: there is "
+                       "no last step (pass lengths, all 0, for zeros).")
+    return jnp.zeros(ys.shape[:-2] + ys.shape[-1:], ys.dtype)
   if lengths is None:
     return ys[..., -1, :]
   idx = jnp.clip(lengths - 1, 0, ys.shape[-2] - 1)
@@ -268,11 +300,19 @@ class SequenceModel:
   dropout: float = 0.0
 
   def __post_init__(self):
+    if _checks.is_cell(self.layers) or isinstance(self.layers, (Bidirectional, str)) \
+        or not hasattr(self.layers, "__iter__"):
+      raise TypeError(f"layers must be a sequence of cells or layers, e.g. "
+                      f"SequenceModel([LSTM(64)], Dense(1)), got {type(self.layers).__name__}.")
     object.__setattr__(self, "layers", tuple(self.layers))
     if not self.layers:
       raise ValueError("layers must be a non-empty sequence of cells or layers.")
-    if not 0.0 <= float(self.dropout) < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+    for i, layer in enumerate(self.layers):
+      if not (_checks.is_cell(layer) or isinstance(layer, Bidirectional)):
+        _checks.check_cell(layer, f"layers[{i}]")
+    if self.readout is not None and not isinstance(self.readout, Dense):
+      raise TypeError(f"readout must be a Dense or None, got {type(self.readout).__name__}.")
+    object.__setattr__(self, "dropout", _checks.check_rate(self.dropout, "dropout"))
 
   def init(self, key, input_size: int):
     """Returns ``{"layers": (params per recurrent layer), "readout": Dense params}``."""
@@ -290,14 +330,7 @@ class SequenceModel:
 
   def features(self, params, xs, *, lengths=None, key=None, input_projection="auto"):
     """The top recurrent layer's outputs ``[*B, T, H]`` (before the readout)."""
-    if not isinstance(params, dict) or not isinstance(params.get("layers"), (tuple, list)) \
-        or len(params["layers"]) != len(self.layers):
-      n = len(params["layers"]) if isinstance(params, dict) and isinstance(
-          params.get("layers"), (tuple, list)) else None
-      raise ValueError(
-          f"params of a SequenceModel with {len(self.layers)} recurrent layers must be "
-          f"SequenceModel.init's dict with params['layers'] of length {len(self.layers)}"
-          + (f", got {n} layers." if n is not None else f", got {type(params).__name__}."))
+    self.check_params(params)
     keys = (jax.random.split(key, 2 * len(self.layers)) if key is not None else None)
     for l, (layer, p) in enumerate(zip(self.layers, params["layers"])):
       lkey = None if keys is None else keys[2 * l]
@@ -309,6 +342,18 @@ class SequenceModel:
       if keys is not None and self.dropout > 0 and l < len(self.layers) - 1:
         xs = _dropout(keys[2 * l + 1], xs, self.dropout)
     return xs
+
+  def check_params(self, params, argname="params"):
+    """Raises unless ``params`` has the structure :meth:`init` returns."""
+    keys = ("layers", "readout") if self.readout is not None else ("layers",)
+    _checks.check_param_keys(params, keys, "SequenceModel", argname)
+    layers, n = params["layers"], len(self.layers)
+    if isinstance(layers, (tuple, list)) and len(layers) != n:
+      raise ValueError(f"{argname}['layers'] of a SequenceModel with {n} recurrent layers must "
+                       f"have one entry per layer (SequenceModel.init's result), got "
+                       f"{len(layers)} layers.")
+    _checks.check_layer_params(params["layers"], len(self.layers), "SequenceModel",
+                               f"{argname}['layers']")
 
   def logits(self, params, xs, *, lengths=None, key=None, input_projection="auto"):
     """Like :meth:`apply` but returns the readout's pre-activation."""

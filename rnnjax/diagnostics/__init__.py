@@ -53,7 +53,8 @@ Functions
 * :func:`diagnose` -> :class:`Report` -- all of the above with a decay rate
   (slope of log norm vs lag), memory horizon (first lag with norm below
   ``fraction = 0.01``) and a verdict (``"vanishing"``, ``"exploding"``,
-  ``"stable"``); :func:`summary_table` prints several reports.
+  ``"stable"``, or ``"undetermined"`` when T = 1 or a norm is NaN; non-finite
+  inputs raise); :func:`summary_table` prints several reports.
 * :func:`plot_gradient_norms` -- one PNG of ``||dh_T/dh_i||`` and
   ``||dL/dh_i||`` by lag for one or several reports (needs matplotlib).
 * :func:`vanishing_study` -- sigmoid RNN, tanh RNN, IRNN, LSTM and GRU at

@@ -9,10 +9,19 @@ Summary statistics (computed on the host from the jitted measurements):
   (natural log per step; ``log a`` for a linear RNN with ``W = aQ``);
 * ``memory_horizon``: the smallest lag at which the curve falls below
   ``log(fraction)`` (default ``fraction = 0.01``), None if it never does;
-* ``verdict``: ``"exploding"`` if the curve rises above ``log(1/fraction)``
-  at some lag, else ``"vanishing"`` if it falls below ``log(fraction)`` within
-  the sequence (a horizon exists), else ``"stable"``. The verdict is about the
-  window measured: run with the ``T`` you care about. The thresholds apply to
+* ``verdict``: ``"exploding"`` if the curve, or any one sequence's
+  ``log||dh_{L_b-1}/dh_i||``, rises above ``log(1/fraction)`` (a mean with a
+  ``-inf`` of a dead sequence would hide it), else ``"vanishing"`` if it falls below ``log(fraction)`` within
+  the sequence (a horizon exists), else ``"stable"``; ``"undetermined"`` when
+  the measurement cannot support a verdict: fewer than two lags measured
+  (``T = 1``, or every length <= 1; the decay rate is then NaN too) or a
+  NaN norm at a valid step (an overflow inside the cell). The verdict is about
+  the window measured: run with the ``T`` you care about.
+
+Non-finite ``xs``, ``params`` or ``carry`` make :func:`diagnose` raise a
+``ValueError`` naming the argument and the first bad entry (the norms would
+be NaN, and a NaN compared with a threshold is no verdict). The lower-level
+functions (:func:`jacobian_norms`, ...) stay jit-able and return NaN there. The thresholds apply to
   the norm itself, which is 1 at lag 0 for ``ord=2`` (``sqrt(d)`` for the
   Frobenius norm of ``method="hutchinson"``).
 """
@@ -20,12 +29,14 @@ Summary statistics (computed on the host from the jitted measurements):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax import _checks
 from rnnjax.diagnostics import _core as core
 from rnnjax.diagnostics import _saturation as sat_mod
 from rnnjax.diagnostics._jacobians import (_find_output_leaf, adjoint_norms, check_method_ord,
@@ -76,9 +87,41 @@ def memory_horizon(curve, fraction) -> Optional[int]:
   return int(np.argmax(below)) if below.any() else None
 
 
-def verdict(curve, fraction) -> str:
+def undetermined_reason(curve, log_norms=None, lengths=None) -> Optional[str]:
+  """Why no verdict can be drawn from ``curve`` (None when one can).
+
+  ``curve`` is the by-lag curve; ``log_norms`` ``[*B, T]`` the per-step
+  values, NaN past ``lengths`` by design and nowhere else.
+  """
+  curve = np.asarray(curve, np.float64)
+  if np.sum(~np.isnan(curve)) < 2:
+    return (f"fewer than two lags measured (T={curve.shape[0]}"
+            + ("" if lengths is None else f", longest length {int(np.max(lengths, initial=0))}")
+            + "): no decay can be measured")
+  if log_norms is not None:
+    v = np.asarray(log_norms, np.float64)
+    T = v.shape[-1]
+    v = v.reshape((-1, T))
+    L = (np.full((v.shape[0],), T) if lengths is None
+         else np.asarray(lengths).reshape(-1))
+    valid = np.arange(T)[None, :] < L[:, None]
+    bad = np.isnan(v) & valid
+    if bad.any():
+      b, t = (int(i) for i in np.argwhere(bad)[0])
+      return (f"{int(bad.sum())} Jacobian norm(s) are NaN at valid steps (first: sequence "
+              f"{b}, step {t}): the cell overflowed")
+  return None
+
+
+def verdict(curve, fraction, log_norms=None, lengths=None) -> str:
+  """``"exploding"``, ``"vanishing"``, ``"stable"`` or ``"undetermined"`` (module docstring)."""
+  if undetermined_reason(curve, log_norms, lengths) is not None:
+    return "undetermined"
   curve = np.asarray(curve, np.float64)
   vals = curve[~np.isnan(curve)]
+  if log_norms is not None:  # one exploding sequence is enough (the mean may hide it)
+    per_seq = np.asarray(log_norms, np.float64)
+    vals = np.concatenate([vals, per_seq[~np.isnan(per_seq)]])
   if vals.size and vals.max() > -np.log(fraction):
     return "exploding"
   return "vanishing" if memory_horizon(curve, fraction) is not None else "stable"
@@ -111,8 +154,10 @@ class Report:
     decay_rate: slope of the by-lag log Jacobian norm per step (natural log).
     memory_horizon: first lag with norm below ``fraction`` (None: never).
     largest_lyapunov: ``lyapunov[0]``.
-    verdict: ``"vanishing"``, ``"exploding"`` or ``"stable"``.
+    verdict: ``"vanishing"``, ``"exploding"``, ``"stable"`` or
+      ``"undetermined"`` (see the module docstring).
     fraction: the horizon / verdict threshold.
+    reason: why the verdict is ``"undetermined"`` (None otherwise).
   """
   name: str
   T: int
@@ -128,6 +173,7 @@ class Report:
   largest_lyapunov: float
   verdict: str
   fraction: float
+  reason: Optional[str] = None
 
   def jacobian_by_lag(self) -> np.ndarray:
     """``[T]``: mean over sequences of ``log||dh_{L-1}/dh_{L-1-l}||`` at lag ``l``."""
@@ -149,7 +195,8 @@ class Report:
     lines = [
         f"Report: {self.name}  (T={self.T}, ||dh_T/dh_i|| by method={self.method!r}, "
         f"ord={self.ord!r})",
-        f"  verdict              {self.verdict}",
+        f"  verdict              {self.verdict}"
+        + (f"  ({self.reason})" if self.reason else ""),
         f"  decay rate / step    {self.decay_rate:+.4f}  (natural log; "
         f"x{np.exp(self.decay_rate):.4g} per step)",
         f"  memory horizon       {self.horizon_str()}  (first lag with norm < {self.fraction:g})",
@@ -273,9 +320,14 @@ def diagnose(cell: Any, params: Any, xs: jax.Array, carry: Any = None, *,
   if ord is None:
     ord = "fro" if method == "hutchinson" else 2
   check_method_ord(method, ord)
-  if not 0.0 < float(fraction) < 1.0:
+  fraction = _checks.check_real(fraction, "fraction")
+  if not 0.0 < fraction < 1.0:
     raise ValueError(f"fraction must be in (0, 1), got {fraction!r}.")
   prep = core.prepare(cell, params, xs, carry, lengths, leaf)
+  _checks.check_finite(xs, "xs")
+  _checks.check_finite(params, "params")
+  if carry is not None:
+    _checks.check_finite(carry, "carry")
   key = core.check_key(key)
   D = prep.leaf.size
   if k is None:
@@ -321,12 +373,14 @@ def _diagnose(cell, params, xs, prep, *, loss_fn, method, ord, leaf, k, warmup, 
   logj = np.asarray(logj, np.float64)
   lens = None if prep.lengths is None else np.asarray(prep.lengths)
   lyap = np.asarray(lyap, np.float64).reshape((-1, k))
-  with np.errstate(invalid="ignore"):
+  with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: lengths <= warmup
     lyap = np.nanmean(lyap, axis=0) if lyap.shape[0] > 1 else lyap[0]
   curve = by_lag(logj, lens)
+  reason = undetermined_reason(curve, logj, lens)
   return Report(
       name=name or cell_label(cell), T=prep.T, method=method, ord=ord,
       log_jacobian_norms=logj, log_adjoint_norms=np.asarray(logadj, np.float64),
       lengths=lens, lyapunov=lyap, saturation=sat, decay_rate=decay_rate(curve),
       memory_horizon=memory_horizon(curve, fraction), largest_lyapunov=float(lyap[0]),
-      verdict=verdict(curve, fraction), fraction=float(fraction))
+      verdict=verdict(curve, fraction, logj, lens), fraction=float(fraction), reason=reason)

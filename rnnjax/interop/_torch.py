@@ -24,6 +24,21 @@ Going back, :func:`to_torch` writes ``bias_ih = b`` and ``bias_hh = 0`` (GRU:
 ``to_torch(cell, from_torch(cell, sd))`` equals ``sd`` up to how the biases
 are split between ``bias_ih`` and ``bias_hh``.
 
+Which rnnjax cell maps to which PyTorch module is one table,
+``_TORCH_KINDS``, keyed by cell class and looked up along the cell's MRO (so
+``IRNN`` uses ``SimpleRNN``'s entry): the module name, the ``module.mode``
+values it matches, the activations PyTorch computes, and how the biases are
+split and joined.
+
+The activation is not part of a state dict. Given a *module*
+(``nn.RNN(nonlinearity="relu")``, ``nn.LSTM``, ``nn.GRU``),
+:func:`from_torch` checks that the cell computes what the module computes
+(the module kind, ``nonlinearity`` for ``nn.RNN``, the fixed sigmoid/tanh of
+``nn.LSTM``/``nn.GRU``, ``hidden_size``) and raises otherwise. Given only a
+state dict, the activation cannot be checked: the weights of an
+``nn.RNN(nonlinearity="relu")`` load into ``SimpleRNN("tanh")`` without an
+error and compute a different function.
+
 Arrays in, arrays out: this module never imports torch. It accepts NumPy
 arrays, JAX arrays, or anything with ``.detach().cpu().numpy()`` (torch
 tensors) or ``__array__``, and a ``state_dict`` may also be a module with a
@@ -32,18 +47,133 @@ tensors) or ``__array__``, and a ``state_dict`` may also be a module with a
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax._activations import get_activation
 from rnnjax._cells import GRU, LSTM, JordanRNN, SimpleRNN
 from rnnjax._layers import Bidirectional, Stack
 
 
+def _bias_sum(b_ih, b_hh, H):
+  """SimpleRNN, LSTM: ``b = bias_ih + bias_hh``."""
+  return {"b": b_ih + b_hh}
+
+
+def _bias_gru_split(b_ih, b_hh, H):
+  """GRU: the hidden-side n bias stays inside ``r * (.)`` as ``b_hn``."""
+  return {"b": b_ih + np.concatenate([b_hh[:2 * H], np.zeros(H)]), "b_hn": b_hh[2 * H:]}
+
+
+def _bias_hh_zero(params, b, H):
+  return np.zeros_like(b)
+
+
+def _bias_hh_gru(params, b, H):
+  bias_hh = np.zeros_like(b)
+  bias_hh[2 * H:] = np.asarray(params["b_hn"])
+  return bias_hh
+
+
+def _no_check(cell, argname):
+  del cell, argname
+
+
+def _check_gru(cell, argname):
+  if not cell.reset_after:
+    raise ValueError(
+        f"{argname}: GRU(reset_after=False) has no PyTorch equivalent; nn.GRU applies "
+        "the reset gate after the hidden matmul (use GRU(reset_after=True)).")
+
+
+def _no_torch_jordan(cell, argname):
+  raise TypeError(
+      f"{argname}: JordanRNN has no PyTorch equivalent (PyTorch has no output-"
+      "feedback RNN); interop supports SimpleRNN/IRNN (nn.RNN), LSTM (nn.LSTM) and "
+      "GRU(reset_after=True) (nn.GRU).")
+
+
+class _TorchKind(NamedTuple):
+  """How one rnnjax cell class maps to a PyTorch module (see the module docstring)."""
+  module: str                      # "nn.RNN", "nn.LSTM", "nn.GRU"
+  check: Callable                  # check(cell, argname): raises if no equivalent
+  modes: dict                      # module.mode -> the activations the module computes
+  split_bias: Optional[Callable]   # (bias_ih, bias_hh, H) -> {"b": ..., ...}
+  bias_hh: Optional[Callable]      # (params, b, H) -> bias_hh for to_torch
+
+
+_SIG_TANH = {"gate_activation": "sigmoid", "activation": "tanh"}
+
+# Keyed by cell class; looked up along type(cell).__mro__ (IRNN -> SimpleRNN).
+_TORCH_KINDS = {
+    SimpleRNN: _TorchKind("nn.RNN", _no_check,
+                          {"RNN_TANH": {"activation": "tanh"}, "RNN_RELU": {"activation": "relu"}},
+                          _bias_sum, _bias_hh_zero),
+    LSTM: _TorchKind("nn.LSTM", _no_check, {"LSTM": _SIG_TANH}, _bias_sum, _bias_hh_zero),
+    GRU: _TorchKind("nn.GRU", _check_gru, {"GRU": _SIG_TANH}, _bias_gru_split, _bias_hh_gru),
+    JordanRNN: _TorchKind("none", _no_torch_jordan, {}, None, None),
+}
+
+
+def _lookup(cell) -> Optional[_TorchKind]:
+  for cls in type(cell).__mro__:
+    if cls in _TORCH_KINDS:
+      return _TORCH_KINDS[cls]
+  return None
+
+
+def _torch_spec(cell, argname="cell") -> _TorchKind:
+  """The table entry of ``cell``, after checking that it has a PyTorch equivalent."""
+  spec = _lookup(cell)
+  if spec is None:
+    raise TypeError(
+        f"{argname} must be an rnnjax SimpleRNN, IRNN, LSTM or GRU(reset_after=True) "
+        f"(or a Stack / Bidirectional of them), got {type(cell).__name__}.")
+  spec.check(cell, argname)
+  return spec
+
 
 def _torch_module(cell) -> str:
-  return "nn.LSTM" if isinstance(cell, LSTM) else "nn.GRU" if isinstance(cell, GRU) else "nn.RNN"
+  spec = _lookup(cell)
+  return spec.module if spec is not None else "?"
+
+
+def _check_module(cell, module, argname="cell") -> None:
+  """Raises unless ``cell`` computes what the PyTorch ``module`` computes.
+
+  ``module`` is an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (anything with a
+  ``mode`` attribute); its kind, nonlinearity and hidden size are compared
+  with the cell's class, activations and ``hidden_size``.
+  """
+  spec = _torch_spec(cell, argname)
+  mode = getattr(module, "mode", None)
+  name = type(cell).__name__
+  if mode not in spec.modes:
+    raise ValueError(
+        f"{argname} is a {name}, which reads {spec.module} weights, but the module is a "
+        f"{type(module).__name__} (mode={mode!r}).")
+  for attr, act in spec.modes[mode].items():
+    mine = getattr(cell, attr)
+    if mine != get_activation(act):
+      what = (f"nonlinearity={act!r}" if spec.module == "nn.RNN"
+              else f"a fixed {act} {attr.replace('_', ' ')}")
+      raise ValueError(
+          f"{argname} is {name}({attr}={mine.name!r}) but the {type(module).__name__} "
+          f"module computes {what}: the converted params would compute a different "
+          f"function. Use {name}(..., {attr}={act!r}).")
+  H = getattr(module, "hidden_size", cell.hidden_size)
+  if H != cell.hidden_size:
+    raise ValueError(f"{argname} has hidden_size={cell.hidden_size}, the module has "
+                     f"hidden_size={H}.")
+  if getattr(module, "proj_size", 0):
+    raise ValueError("the module is an nn.LSTM with proj_size > 0, which has no rnnjax "
+                     "equivalent.")
+
+
+def _is_torch_module(obj) -> bool:
+  return hasattr(obj, "state_dict") and callable(obj.state_dict) and hasattr(obj, "mode")
 
 
 def _as_numpy(x, name: str) -> np.ndarray:
@@ -68,21 +198,8 @@ def _as_numpy(x, name: str) -> np.ndarray:
 
 def _torch_kind(cell, argname="cell") -> int:
   """Checks that ``cell`` has a PyTorch equivalent; returns its gate count G."""
-  if isinstance(cell, JordanRNN):
-    raise TypeError(
-        f"{argname}: JordanRNN has no PyTorch equivalent (PyTorch has no output-"
-        "feedback RNN); interop supports SimpleRNN/IRNN (nn.RNN), LSTM (nn.LSTM) and "
-        "GRU(reset_after=True) (nn.GRU).")
-  if isinstance(cell, GRU) and not cell.reset_after:
-    raise ValueError(
-        f"{argname}: GRU(reset_after=False) has no PyTorch equivalent; nn.GRU applies "
-        "the reset gate after the hidden matmul (use GRU(reset_after=True)).")
-  for cls in (SimpleRNN, LSTM, GRU):
-    if isinstance(cell, cls):
-      return cell.num_gates
-  raise TypeError(
-      f"{argname} must be an rnnjax SimpleRNN, IRNN, LSTM or GRU(reset_after=True) "
-      f"(or a Stack / Bidirectional of them), got {type(cell).__name__}.")
+  _torch_spec(cell, argname)
+  return cell.num_gates
 
 
 def _suffix(layer, reverse) -> str:
@@ -112,7 +229,8 @@ def _unwrap_state_dict(state_dict) -> Mapping:
 
 
 def _cell_from_torch(cell, sd, suffix, prefix):
-  G = _torch_kind(cell)
+  spec = _torch_spec(cell)
+  G = cell.num_gates
   H = cell.hidden_size
   names = {n: f"{prefix}{n}{suffix}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
   if f"{prefix}weight_hr{suffix}" in sd:
@@ -140,11 +258,8 @@ def _cell_from_torch(cell, sd, suffix, prefix):
       raise ValueError(f"state_dict[{names[n]!r}] has shape {b.shape}, expected ({G * H},).")
   pd = cell.param_dtype
   params = {"w_i": jnp.asarray(w_ih.T, pd), "w_h": jnp.asarray(w_hh.T, pd)}
-  if isinstance(cell, GRU):
-    params["b"] = jnp.asarray(b_ih + np.concatenate([b_hh[:2 * H], np.zeros(H)]), pd)
-    params["b_hn"] = jnp.asarray(b_hh[2 * H:], pd)
-  else:
-    params["b"] = jnp.asarray(b_ih + b_hh, pd)
+  for k, v in spec.split_bias(b_ih, b_hh, H).items():
+    params[k] = jnp.asarray(v, pd)
   return params
 
 
@@ -171,12 +286,11 @@ def _fused_weights(cell, params, num_gates, asarray):
 
 
 def _cell_to_torch(cell, params, suffix, prefix):
-  G = _torch_kind(cell)
+  spec = _torch_spec(cell)
+  G = cell.num_gates
   H = cell.hidden_size
   w_i, w_h, b = _fused_weights(cell, params, G, np.asarray)
-  bias_hh = np.zeros_like(b)
-  if isinstance(cell, GRU):
-    bias_hh[2 * H:] = np.asarray(params["b_hn"])
+  bias_hh = spec.bias_hh(params, b, H)
   out = {"weight_ih": w_i.T, "weight_hh": w_h.T, "bias_ih": b, "bias_hh": bias_hh}
   return {f"{prefix}{k}{suffix}": _numpy_out(v) for k, v in out.items()}
 
@@ -193,9 +307,15 @@ def from_torch(cell, state_dict, *, layer: int = 0, reverse: bool = False,
       :class:`~rnnjax.Stack` reads layers ``layer, layer + 1, ...``; a
       :class:`~rnnjax.Bidirectional` reads the forward direction and the
       ``_reverse`` one.
-    state_dict: a mapping of PyTorch names to arrays or tensors (or a module,
-      whose ``.state_dict()`` is used). Missing biases (``bias=False``) read
-      as zeros.
+    state_dict: a PyTorch module (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) or a
+      mapping of PyTorch names to arrays or tensors (e.g. a module's
+      ``.state_dict()``). Given the module, the cell is checked against it:
+      the module kind, ``nn.RNN``'s ``nonlinearity`` (``SimpleRNN("tanh")``
+      refuses an ``nn.RNN(nonlinearity="relu")``), the fixed sigmoid/tanh of
+      ``nn.LSTM``/``nn.GRU``, and ``hidden_size``. Given only a state dict,
+      the activation cannot be checked (it is not stored in the weights):
+      make sure the cell's activation is the module's. Missing biases
+      (``bias=False``) read as zeros.
     layer: which ``_l{k}`` suffix to read.
     reverse: read the ``_l{k}_reverse`` weights (a bidirectional module's
       backward direction).
@@ -209,8 +329,19 @@ def from_torch(cell, state_dict, *, layer: int = 0, reverse: bool = False,
 
   Raises:
     TypeError / ValueError: for a cell with no PyTorch equivalent (JordanRNN,
-      GRU(reset_after=False)), a missing key, or a shape that does not match.
+      GRU(reset_after=False)), a module that computes another function than
+      the cell (another kind, nonlinearity or hidden size), a missing key, or a
+      shape that does not match.
   """
+  if _is_torch_module(state_dict):
+    if isinstance(cell, Stack):
+      named = [(f"cell.cells[{i}]", c) for i, c in enumerate(cell.cells)]
+    elif isinstance(cell, Bidirectional):
+      named = [("cell.forward", cell.forward), ("cell.backward", cell.backward)]
+    else:
+      named = [("cell", cell)]
+    for argname, c in named:
+      _check_module(c, state_dict, argname)
   sd = _unwrap_state_dict(state_dict)
   if isinstance(cell, Stack):
     return tuple(from_torch(c, sd, layer=layer + k, reverse=reverse, prefix=prefix)
