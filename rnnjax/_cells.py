@@ -276,7 +276,7 @@ class RNNCell:
       missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
       raise ValueError(
           f"{argname} do not belong to {self!r}: expected the leaves {sorted(expected)}"
-          + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else "")
+          + (f"; missing {[f'{k} {expected[k]}' for k in missing]}" if missing else "") + (f"; unexpected {extra}" if extra else "")
           + ". Were they made by another cell's init?")
     for k, shape in expected.items():
       if got[k] != shape:

@@ -105,9 +105,7 @@ def _params_dtype(params):
 
 def _split_sequence_shapes(cell, params, xs, time_major):
   """Validates cell, params and xs and returns (batch_shape, T)."""
-  if not callable(cell) or not hasattr(cell, "initial_carry"):
-    raise TypeError(f"cell must be an rnnjax cell (callable as cell(params, carry, x), with "
-                    f"initial_carry), got {type(cell).__name__}: {cell!r}.")
+  _checks.check_cell(cell)
   if not hasattr(xs, "ndim"):
     raise TypeError(f"xs must be an array, got {type(xs).__name__}.")
   if xs.ndim < 2:
@@ -182,6 +180,7 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
   if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
     raise ValueError(f"unroll must be a positive int, got {unroll!r}.")
   batch_shape, T = _split_sequence_shapes(cell, params, xs, time_major)
+  xs = _checks.cast_inputs(xs, params, getattr(cell, "dtype", None))
   if carry is None:
     # Zeros in the dtype of the params (not the cell's declared param_dtype),
     # so float64 params run a float64 recurrence.
@@ -215,7 +214,8 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     return _layout.restore_layout(final, ys, batch_shape, T, time_major)
 
   plan_impl, plan_proj = auto_plan(cell)
-  use_fused = impl == "fused" or (impl == "auto" and plan_impl == "fused")
+  # T = 0: the reference scan (an empty lax.scan) has well-defined gradients.
+  use_fused = (impl == "fused" or (impl == "auto" and plan_impl == "fused")) and T > 0
   if use_fused:
     if not nb:  # a single unbatched sequence: a batch of one
       xs_tm = xs_tm[:, None]

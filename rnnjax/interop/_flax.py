@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax import _checks
 from rnnjax._cells import GRU, LSTM, JordanRNN, SimpleRNN
 from rnnjax.interop._torch import _as_numpy, _fused_weights
 
@@ -233,6 +234,7 @@ def from_flax(cell: Any, flax_params: Any) -> dict:
       b_hn = bh
     else:
       b.append(bi + bh)
+  _checks.check_fan_in(dict(zip([n for n, _ in _dense_names(kind)], w_i)))
   pd = cell.param_dtype
   out = {"w_i": jnp.asarray(np.concatenate(w_i, 1), pd),
          "w_h": jnp.asarray(np.concatenate(w_h, 1), pd),
