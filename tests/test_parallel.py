@@ -141,9 +141,11 @@ def _loss(fn):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: rj.MinGRU(5), lambda: rj.MinLSTM(5), lambda: rj.LRU(4, r_min=0.5),
-    lambda: rj.Stack([rj.MinGRU(4), rj.LRU(3)])], ids=["mingru", "minlstm", "lru", "stack"])
-@pytest.mark.parametrize("reverse", [False, True])
+    lambda: rj.MinGRU(5), lambda: rj.MinLSTM(5),
+    pytest.param(lambda: rj.LRU(4, r_min=0.5), marks=pytest.mark.slow),
+    pytest.param(lambda: rj.Stack([rj.MinGRU(4), rj.LRU(3)]), marks=pytest.mark.slow)],
+    ids=["mingru", "minlstm", "lru", "stack"])
+@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_associative_matches_reference_values_and_grads(make, reverse):
   cell = make()
   p = cell.init(jax.random.PRNGKey(0), 3)

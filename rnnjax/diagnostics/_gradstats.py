@@ -25,9 +25,13 @@ def global_norm(tree) -> jax.Array:
   leaves = [jnp.asarray(g) for g in jax.tree_util.tree_leaves(tree)]
   if not leaves:
     return jnp.zeros((), jnp.float32)
-  dtype = jnp.result_type(*leaves)
-  # Accumulate in float32 at least (bf16/f16 gradients), float64 if given.
-  dtype = jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
+  # Accumulate in float32 at least (bf16/f16 gradients), float64 if any leaf is
+  # float64 (chosen explicitly: leaves of mixed precision need no implicit promotion).
+  wide = [jnp.dtype(g.dtype) for g in leaves if jnp.issubdtype(g.dtype, jnp.inexact)]
+  dtype = jnp.dtype(jnp.float32)
+  for d in wide:
+    if d.itemsize > dtype.itemsize:
+      dtype = d
   m = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype) for g in leaves]))
   safe = jnp.where(m > 0, m, jnp.ones_like(m))
   total = sum(jnp.sum(jnp.square(g.astype(dtype) / safe)) for g in leaves)
