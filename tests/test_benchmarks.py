@@ -142,7 +142,7 @@ def test_host_malloc_retain_removes_per_call_page_faults():
     bench_run.build_parser().parse_args(["--host-malloc", "keep"])
 
 
-@pytest.mark.slow
+# Not marked slow: CI runs the GPU check in its dry-run mode so it never rots.
 def test_gpu_check_dry_run(tmp_path):
   """python -m benchmarks.gpu_check OUT --dry-run: every code path on the CPU, tiny sizes."""
   out = tmp_path / "gpu"

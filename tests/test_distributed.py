@@ -16,6 +16,7 @@ shared: one fixture runs the roles of ``tests/_dist_worker.py`` --
 
 and the tests below compare their outputs.
 """
+# None of these is marked slow: the multi-process tests run in CI (the file takes ~1-2 min quiet).
 import json
 import os
 import signal
@@ -165,7 +166,6 @@ def _assert_history(ha, hb, exact):
         np.testing.assert_allclose(x[k], y[k], rtol=2e-5, err_msg=f"step {x['step']} {k}")
 
 
-@pytest.mark.slow
 def test_same_params_and_metrics_on_2x2_4x1_and_1_device(runs):
   p4, r4 = _load(runs, "one4")
   p22, r22 = _load(runs, "two")
@@ -178,7 +178,6 @@ def test_same_params_and_metrics_on_2x2_4x1_and_1_device(runs):
   assert len(r4["history"]) == N and r4["history"][0]["loss"] != r4["history"][-1]["loss"]
 
 
-@pytest.mark.slow
 def test_only_process_0_writes_the_json_lines(runs):
   out = runs["out"]
   assert not os.path.exists(os.path.join(out, "two_p1.jsonl"))
@@ -188,7 +187,6 @@ def test_only_process_0_writes_the_json_lines(runs):
   assert lines == r22["history"]
 
 
-@pytest.mark.slow
 def test_resume_on_the_same_layout_is_bitwise(runs):
   pa, ra = _load(runs, "two_resumed")
   pb, rb = _load(runs, "two_straight")
@@ -197,7 +195,6 @@ def test_resume_on_the_same_layout_is_bitwise(runs):
   _assert_history(ra["history"], rb["history"], exact=True)
 
 
-@pytest.mark.slow
 def test_checkpoints_move_between_process_counts(runs):
   # Restoring gives back the saved values bit for bit, whatever the layout...
   _assert_params(_load(runs, "two_from_one_restored")[0], _load(runs, "one4")[0], exact=True)
@@ -211,7 +208,6 @@ def test_checkpoints_move_between_process_counts(runs):
     _assert_history(r["history"], rs["history"], exact=False)
 
 
-@pytest.mark.slow
 def test_killing_one_process_stops_the_other_with_an_error_and_a_restart_resumes(runs):
   assert runs["kill_rc"] == 128 + signal.SIGKILL, runs["kill_log"][-3000:]
   # heartbeat timeout 3 s, grace 15 s: bounded, whatever the load
@@ -231,7 +227,6 @@ def test_killing_one_process_stops_the_other_with_an_error_and_a_restart_resumes
   _assert_history(rr["history"], rs["history"], exact=True)
 
 
-@pytest.mark.slow
 def test_time_sharded_scans_equal_unsharded_ones(runs):
   z = np.load(os.path.join(runs["out"], "scan.npz"))
   assert z["shards"].tolist() == [4, 64 // 4]
@@ -249,7 +244,6 @@ def test_time_sharded_scans_equal_unsharded_ones(runs):
   np.testing.assert_allclose(z["aff"], z["aff_unsharded"], atol=2e-6 * scale_a)
 
 
-@pytest.mark.slow
 def test_newton_solve_with_the_time_axis_sharded_equals_the_sequential_recurrence(runs):
   z = np.load(os.path.join(runs["out"], "newton.npz"))
   W, U, xs, h = (z[k].astype(np.float64) for k in ("W", "U", "xs", "h0"))
@@ -260,7 +254,6 @@ def test_newton_solve_with_the_time_axis_sharded_equals_the_sequential_recurrenc
   np.testing.assert_allclose(z["h"], np.array(ref), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_report_timings(runs):
   """Not a check: prints the per-step times for the closing note (-s to see)."""
   steps = {name: _load(runs, name)[1]["step_seconds"]

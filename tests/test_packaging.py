@@ -22,7 +22,7 @@ def _run(cmd, **kw):
   return proc.stdout
 
 
-@pytest.mark.slow
+# Not marked slow: the wheel and sdist are checked in CI.
 def test_build_sdist_and_wheel_install_in_a_fresh_venv(tmp_path):
   pytest.importorskip("build")
   dist = tmp_path / "dist"

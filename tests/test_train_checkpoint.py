@@ -220,7 +220,7 @@ t.run(directory, 100, checkpoint_every=1, keep=2, resume=True)
 """
 
 
-@pytest.mark.slow
+# Not marked slow: CI kills a save and a deletion for real.
 @pytest.mark.parametrize("mode", ["save", "delete"])
 def test_sigkill_during_a_save_or_a_deletion_then_resume(tmp_path, mode):
   d, marker = str(tmp_path / "ckpt"), str(tmp_path / "hanging")
