@@ -103,6 +103,18 @@ def _params_dtype(params):
   return jnp.result_type(*leaves) if leaves else None
 
 
+def resolve_carry_and_lengths(cell, params, batch_shape, T, carry, lengths):
+  """The initial carry (default zeros in the params' dtype, so float64 params run a
+  float64 recurrence) and the validated ``lengths``; shared by every scan engine."""
+  if carry is None:
+    carry = cell.initial_carry(batch_shape, dtype=_params_dtype(params))
+  else:
+    _checks.check_carry(carry, jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
+  if lengths is not None:
+    lengths = _checks.check_lengths(lengths, batch_shape, T)
+  return carry, lengths
+
+
 def _split_sequence_shapes(cell, params, xs, time_major):
   """Validates cell, params and xs and returns (batch_shape, T)."""
   _checks.check_cell(cell)
@@ -181,14 +193,7 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
     raise ValueError(f"unroll must be a positive int, got {unroll!r}.")
   batch_shape, T = _split_sequence_shapes(cell, params, xs, time_major)
   xs = _checks.cast_inputs(xs, params, getattr(cell, "dtype", None))
-  if carry is None:
-    # Zeros in the dtype of the params (not the cell's declared param_dtype),
-    # so float64 params run a float64 recurrence.
-    carry = cell.initial_carry(batch_shape, dtype=_params_dtype(params))
-  else:
-    _checks.check_carry(carry, jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
-  if lengths is not None:
-    lengths = _checks.check_lengths(lengths, batch_shape, T)
+  carry, lengths = resolve_carry_and_lengths(cell, params, batch_shape, T, carry, lengths)
   chunk = _remat.check_remat(remat, T)
   if impl in ("auto", "autotune") and input_projection == "auto":
     # The autotune cache first (timing on a miss only when asked), the rules second.

@@ -22,9 +22,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnnjax import _checks
 from rnnjax.parallel import _linear_scan as ls
-from rnnjax.parallel._newton import METHODS, _params_dtype, newton_scan
+from rnnjax._scan import resolve_carry_and_lengths
+from rnnjax.parallel._newton import METHODS, newton_scan
 
 IMPLS = ("associative",) + METHODS
 
@@ -94,12 +94,7 @@ def linear_scan(cell, params, xs, carry=None, *, lengths=None, reverse=False):
     raise TypeError(f"xs must be a floating array, got dtype {xs.dtype}.")
   batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
   cell.check_input(params, xs, argname="xs")
-  if carry is None:
-    carry = cell.initial_carry(batch_shape, dtype=_params_dtype(params))
-  else:
-    _checks.check_carry(carry, jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
-  if lengths is not None:
-    lengths = _checks.check_lengths(lengths, batch_shape, T)
+  carry, lengths = resolve_carry_and_lengths(cell, params, batch_shape, T, carry, lengths)
   if _is_stack(cell):
     finals = []
     for l, (c, p) in enumerate(zip(cell.cells, params)):

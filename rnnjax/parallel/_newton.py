@@ -85,7 +85,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import _checks
+from rnnjax._scan import resolve_carry_and_lengths
 from rnnjax._scan import scan as _sequential_scan
 from rnnjax.parallel import _linear_scan as ls
 
@@ -465,12 +465,7 @@ def newton_scan(cell, params, xs, carry=None, *, lengths=None, reverse=False,
   batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
   if T < 1:
     raise ValueError(f"xs must have at least one time step, got shape {xs.shape}.")
-  if carry is None:
-    carry = cell.initial_carry(batch_shape, dtype=_params_dtype(params))
-  else:
-    _checks.check_carry(carry, jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
-  if lengths is not None:
-    lengths = _checks.check_lengths(lengths, batch_shape, T)
+  carry, lengths = resolve_carry_and_lengths(cell, params, batch_shape, T, carry, lengths)
   max_iters = _check_max_iters(max_iters, T)
   state_dtype = jnp.result_type(*jax.tree_util.tree_leaves(carry))
   tol = _check_tol(tol, state_dtype)
@@ -499,12 +494,6 @@ def newton_scan(cell, params, xs, carry=None, *, lengths=None, reverse=False,
   final = jax.tree_util.tree_map(lambda c: c.reshape(batch_shape + c.shape[-1:]), final)
   info = NewtonInfo(*(jnp.reshape(a, batch_shape) for a in info))
   return final, ys, info
-
-
-def _params_dtype(params):
-  leaves = [l for l in jax.tree_util.tree_leaves(params)
-            if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.floating)]
-  return jnp.result_type(*leaves) if leaves else None
 
 
 def _check_init(init, carry, batch_shape, T):

@@ -79,7 +79,24 @@ def read_jsonl(path) -> List[dict]:
             for line in f if line.strip()]
 
 
-class JsonLinesWriter(MetricWriter):
+class _FileWriter(MetricWriter):
+  """A writer backed by one open text file ``self._f`` (None while closed)."""
+
+  _f = None
+
+  def flush(self):
+    """Flushes the file."""
+    if self._f is not None:
+      self._f.flush()
+
+  def close(self):
+    """Closes the file."""
+    if self._f is not None:
+      self._f.close()
+      self._f = None
+
+
+class JsonLinesWriter(_FileWriter):
   """One strict-JSON object per update in ``path`` (rewritten from the history on open)."""
 
   def __init__(self, path):
@@ -95,17 +112,9 @@ class JsonLinesWriter(MetricWriter):
   def write(self, entry):
     self._f.write(dumps_entry(entry) + "\n")
 
-  def flush(self):
-    if self._f is not None:
-      self._f.flush()
-
-  def close(self):
-    if self._f is not None:
-      self._f.close()
-      self._f = None
 
 
-class CsvWriter(MetricWriter):
+class CsvWriter(_FileWriter):
   """A CSV table, one row per update, one column per scalar metric.
 
   Columns are the metrics seen so far (step first); when a new one appears
@@ -152,14 +161,6 @@ class CsvWriter(MetricWriter):
     else:
       self._writer.writerow(row)
 
-  def flush(self):
-    if self._f is not None:
-      self._f.flush()
-
-  def close(self):
-    if self._f is not None:
-      self._f.close()
-      self._f = None
 
 
 class TensorBoardWriter(MetricWriter):
