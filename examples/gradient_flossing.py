@@ -59,7 +59,8 @@ def delayed_xor(key, batch, T, delay):
   bits = jax.random.rademacher(ka, (batch, 2), jnp.float32)
   t = jnp.arange(T)
   ta, tb = T - 2 - delay, T - 1 - delay
-  ch0 = bits[:, :1] * (t == ta)[None, :] + bits[:, 1:] * (t == tb)[None, :]
+  ch0 = (bits[:, :1] * (t == ta).astype(jnp.float32)[None, :]
+         + bits[:, 1:] * (t == tb).astype(jnp.float32)[None, :])
   noise = jax.random.normal(kn, (batch, T), jnp.float32)
   x = jnp.stack([ch0, noise], axis=-1)
   y = (bits[:, 0] != bits[:, 1]).astype(jnp.float32)[:, None]

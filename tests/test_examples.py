@@ -257,6 +257,9 @@ def test_copy_sample_matches_library_layout():
   np.testing.assert_array_equal(x.argmax(-1), ref_x)
   np.testing.assert_array_equal(y, ref_y)
   assert math.isclose(ct.baseline(100), 10 * math.log(8) / 120)
+
+
+@pytest.mark.slow
 def test_gradient_flossing(tmp_path):
   # Quick mode: tanh RNN (hidden 16, 150 updates), delayed XOR at d = 3 and 20, 2 seeds,
   # no flossing / flossing before / during training. At d = 3 plain training succeeds;
