@@ -152,9 +152,12 @@ def floss(cell, params, xs, *, steps: int, k: int = 1, warmup: int = 0,
     p, s = c
     kk = jax.random.fold_in(key, i)
     value, g = grad(p, kk)
-    u, s = optimizer.update(g, s, p)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes floats and int32 counters
+      u, s = optimizer.update(g, s, p)
     return (optax.apply_updates(p, u), s), value
-  (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(steps))
+  with jax.numpy_dtype_promotion("standard"):
+    state0 = optimizer.init(params)
+  (params, _), losses = jax.lax.scan(body, (params, state0), jnp.arange(steps))
   return params, losses
 
 
