@@ -87,3 +87,25 @@ def format_cpu(cpu: Dict[str, object]) -> str:
 
 def summarize(times: List[float]) -> Dict[str, float]:
   return {"median_s": statistics.median(times), "min_s": min(times), "n": len(times)}
+
+
+def finish_rows(records, roof: float) -> list:
+  """Timing records -> table rows: the summary, GFLOP/s and roofline fraction of each
+  record with times, and ``x_fastest`` (median over the fastest median) within each
+  (cell, shape, mode) group. Shared by ``run.py`` and ``gpu_check.py``."""
+  rows = []
+  for rec in records:
+    if rec["times"]:
+      summ = summarize(rec["times"])
+      gf = matmul_flops(rec["cell"], Shape(**rec["shape"]), rec["mode"]) / summ["median_s"] / 1e9
+      rec.update(summ, gflops=gf, roofline_frac=(gf / roof if roof else None))
+    rows.append(rec)
+  groups: Dict[tuple, List[dict]] = {}
+  for rec in rows:
+    groups.setdefault((rec["cell"], rec["shape"]["name"], rec["mode"]), []).append(rec)
+  for g in groups.values():
+    best = min((x["median_s"] for x in g if "median_s" in x), default=None)
+    for x in g:
+      if "median_s" in x:
+        x["x_fastest"] = x["median_s"] / best
+  return rows

@@ -255,21 +255,7 @@ def run(args) -> dict:
         w._log.close()
 
   roof = max((x.get("gflops_best", 0.0) for x in roofline if isinstance(x, dict)), default=0.0)
-  out_rows = []
-  for rec in results.values():
-    if rec["times"]:
-      summ = _common.summarize(rec["times"])
-      gf = _common.matmul_flops(rec["cell"], _common.Shape(**rec["shape"]), rec["mode"]) / summ["median_s"] / 1e9
-      rec.update(summ, gflops=gf, roofline_frac=(gf / roof if roof else None))
-    out_rows.append(rec)
-  groups: Dict[tuple, List[dict]] = {}
-  for rec in out_rows:
-    groups.setdefault((rec["cell"], rec["shape"]["name"], rec["mode"]), []).append(rec)
-  for g in groups.values():
-    best = min((x["median_s"] for x in g if "median_s" in x), default=None)
-    for x in g:
-      if "median_s" in x:
-        x["x_fastest"] = x["median_s"] / best
+  out_rows = _common.finish_rows(list(results.values()), roof)
   versions = {}
   for inf in info.values():
     if isinstance(inf, dict):

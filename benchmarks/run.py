@@ -303,23 +303,7 @@ def run(args) -> dict:
       w.close()
 
   roof = max((x.get("gflops_best", 0.0) for x in roofline), default=0.0)
-  rows = []
-  for (cell, sname, mode, impl), rec in results.items():
-    if rec["times"]:
-      summ = _common.summarize(rec["times"])
-      shape = Shape(**rec["shape"])
-      gf = _common.matmul_flops(cell, shape, mode) / summ["median_s"] / 1e9
-      rec.update(summ, gflops=gf, roofline_frac=(gf / roof if roof else None))
-    rows.append(rec)
-  # Ratios to the fastest in each (cell, shape, mode) group.
-  groups: Dict[tuple, List[dict]] = {}
-  for rec in rows:
-    groups.setdefault((rec["cell"], rec["shape"]["name"], rec["mode"]), []).append(rec)
-  for g in groups.values():
-    best = min((x["median_s"] for x in g if "median_s" in x), default=None)
-    for x in g:
-      if "median_s" in x:
-        x["x_fastest"] = x["median_s"] / best
+  rows = _common.finish_rows(list(results.values()), roof)
   first = next(iter(info.values()), {}) if info else {}
   versions = {}
   for i, inf in info.items():
