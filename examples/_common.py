@@ -179,25 +179,35 @@ class Members:
     return np.asarray(jax.jit(jax.vmap(lambda p: fn(self.model, p)))(self.params))
 
 
-def train_round_robin(runs, *, steps, time_limit=None, on_round=None, log=print):
+def train_round_robin(runs, *, steps, time_limit=None, on_round=None, log=print,
+                      finished=None):
   """Advances every ``Members`` in ``runs`` (a dict) one chunk at a time, in turn,
   until ``steps`` updates each or until ``time_limit`` seconds have passed (then
-  all runs stop at the same step). Returns the step reached."""
+  all runs stop at the same step). ``finished(run) -> bool``, if given, is asked
+  after every chunk: a run it answers True for is not advanced again (e.g. every
+  seed has solved the task), so its curve ends early. Returns the largest step
+  reached."""
   t0 = time.perf_counter()
-  done = 0
-  while done < steps:
-    for name, r in runs.items():
+  done = set()
+  while True:
+    active = {k: r for k, r in runs.items() if k not in done and r.steps_done < steps}
+    if not active:
+      break
+    for name, r in active.items():
       losses = r.advance()
+      stop = finished is not None and finished(r)
+      if stop:
+        done.add(name)
       log(f"  {name:16s} step {r.steps_done:6d}  loss (mean of last chunk, per seed) "
           + " ".join(f"{v:.4f}" for v in losses.mean(axis=1))
-          + f"  [{r.seconds:.0f} s]", flush=True)
-    done = min(r.steps_done for r in runs.values())
+          + f"  [{r.seconds:.0f} s]" + ("  finished" if stop else ""), flush=True)
+    reached = max(r.steps_done for r in runs.values())
     if on_round is not None:
-      on_round(done)
+      on_round(reached)
     if time_limit is not None and time.perf_counter() - t0 > time_limit:
-      log(f"  time limit {time_limit:.0f} s reached at step {done}", flush=True)
+      log(f"  time limit {time_limit:.0f} s reached at step {reached}", flush=True)
       break
-  return done
+  return max(r.steps_done for r in runs.values())
 
 
 def member(params, i):
@@ -240,6 +250,38 @@ def crossing_summary(steps_list):
   if not hits:
     return f"never (0/{n})"
   return f"{int(np.median(hits))} ({len(hits)}/{n}; {min(hits)}-{max(hits)})"
+
+
+def final_window(steps, final=500):
+  """The last ``min(final, steps // 4)`` steps (at least one): the window of a run's "final" loss."""
+  return max(1, min(final, steps // 4))
+
+
+def plot_runs(ax, curves, labels, window):
+  """Per run: the median over seeds of ``window``-step mean losses, with the min-max band.
+
+  ``curves``: ``{key: [S, steps]}``; ``labels``: ``{key: legend label}`` (the
+  order of ``labels`` is the drawing order).
+  """
+  import numpy as np
+  for key, label in labels.items():
+    w = window_means(curves[key], window)
+    x = (np.arange(w.shape[1]) + 1) * window
+    line, = ax.plot(x, np.median(w, axis=0), label=label)
+    ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=line.get_color(), alpha=0.2)
+
+
+def plot_window(steps, window=100):
+  """The plot's averaging window: ``window`` steps, finer for short runs (~50 points)."""
+  return max(1, min(window, steps // 50))
+
+
+def curve_saver(path, runs, meta):
+  """``on_round`` callback for :func:`train_round_robin`: saves the curves after every round."""
+  def on_round(done):
+    if path:
+      save_curves(path, runs, {**meta, "steps_done": done})
+  return on_round
 
 
 def save_curves(path, runs, meta):

@@ -50,7 +50,6 @@ import sys
 import _common
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import rnnjax as rj
 from rnnjax import train
@@ -80,11 +79,6 @@ def loss_fn(model, params, batch):
   return train.mse(model.apply(params, x), y)
 
 
-def final_window(steps):
-  """The last ``min(500, steps // 4)`` steps (at least one) make the "final" loss."""
-  return max(1, min(FINAL, steps // 4))
-
-
 def summarise(curves, cells, lengths):
   """Per (cell, T): final MSEs and crossing steps over seeds."""
   out = {}
@@ -93,7 +87,7 @@ def summarise(curves, cells, lengths):
       c = curves.get(f"{name}@{T}")
       if c is None or c.shape[1] == 0:
         continue
-      final = c[:, -final_window(c.shape[1]):].mean(axis=1)
+      final = c[:, -_common.final_window(c.shape[1]):].mean(axis=1)
       out[f"{name}@{T}"] = {"final_mse": [float(v) for v in final],
                             "crossing": _common.first_crossing(c, SOLVED, WINDOW),
                             "steps": int(c.shape[1])}
@@ -104,32 +98,31 @@ def report(curves, seconds, meta, args):
   cells, lengths = meta["cells"], meta["lengths"]
   summary = summarise(curves, cells, lengths)
   steps = max(v["steps"] for v in summary.values())
-  print(f"\nFinal MSE (mean of the last {final_window(steps)} training steps, fresh batches), median "
+  print(f"\nFinal MSE (mean of the last {_common.final_window(steps)} training steps, fresh batches), median "
         f"[min, max] over {len(meta['seeds'])} seeds; baseline {BASELINE:.4f}, "
-        f"solved < {SOLVED:.4f}; {steps} steps:")
-  rows = [[LABELS[n]] + [_common.spread(summary[f"{n}@{T}"]["final_mse"])
-                         for T in lengths] for n in cells]
+        f"solved < {SOLVED:.4f}; {steps} steps (@N: the run stopped at step N, every seed "
+        f"below {meta.get('stop_solved')}):")
+  def final(key):
+    v = summary[key]
+    at = "" if v["steps"] == steps else f" @{v['steps']}"  # stopped early: every seed solved
+    return _common.spread(v["final_mse"]) + at
+  rows = [[LABELS[n]] + [final(f"{n}@{T}") for T in lengths] for n in cells]
   print(_common.table(rows, ["cell"] + [f"T={T}" for T in lengths]))
   print(f"\nFirst step whose {WINDOW}-step mean MSE < 1/60 (median over the seeds "
         "that crossed; crossed/seeds; range):")
   rows = [[LABELS[n]] + [_common.crossing_summary(summary[f"{n}@{T}"]["crossing"])
                          for T in lengths] for n in cells]
   print(_common.table(rows, ["cell"] + [f"T={T}" for T in lengths]))
-  print(f"\nTraining time per cell and T (all seeds together): "
+  print("\nTraining time per cell and T (all seeds together): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
 
   if not args.no_plot:
     plt = _common.pyplot()
-    pw = max(1, min(WINDOW, steps // 50))  # plot window: finer for short runs
+    pw = _common.plot_window(steps, WINDOW)
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.4 * len(lengths), 3.6),
                              squeeze=False, sharey=True)
     for ax, T in zip(axes[0], lengths):
-      for name in cells:
-        c = curves[f"{name}@{T}"]
-        w = _common.window_means(c, pw)
-        x = (np.arange(w.shape[1]) + 1) * pw
-        line, = ax.plot(x, np.median(w, axis=0), label=LABELS[name])
-        ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=line.get_color(), alpha=0.2)
+      _common.plot_runs(ax, curves, {f"{n}@{T}": LABELS[n] for n in cells}, pw)
       ax.axhline(BASELINE, color="k", ls="--", lw=1, label="baseline 1/6")
       ax.axhline(SOLVED, color="k", ls=":", lw=1, label="1/60")
       ax.set(title=f"T = {T}", xlabel="step", yscale="log", ylim=(1e-4, 2.0))
@@ -157,6 +150,9 @@ def main(argv=None) -> dict:
   p.add_argument("--results", default=None,
                  help="save the curves here (.npz) after every round (default OUT/adding_problem.npz)")
   p.add_argument("--from-results", default=None, help="redraw table and figure from a saved .npz")
+  p.add_argument("--stop-solved", type=float, default=None, metavar="MSE",
+                 help="stop a cell/T once every seed's last-500-step mean MSE is below MSE "
+                      "(default in --paper: 1/600, a tenth of the solved threshold)")
   args = p.parse_args(argv)
 
   if args.from_results:
@@ -191,14 +187,19 @@ def main(argv=None) -> dict:
   if results is None and not args.quick:
     import os
     results = os.path.join(args.out, "adding_problem.npz")
+  on_round = _common.curve_saver(results, runs, meta)
 
-  def on_round(done):
-    if results:
-      _common.save_curves(results, runs, {**meta, "steps_done": done})
+  stop_mse = args.stop_solved if args.stop_solved is not None else (SOLVED / 10 if paper else None)
+  meta["stop_solved"] = stop_mse
+
+  def finished(run):
+    c = run.curve
+    return (stop_mse is not None and c.shape[1] >= FINAL
+            and bool((c[:, -FINAL:].mean(axis=1) < stop_mse).all()))
 
   with _common.Timer() as total:
     done = _common.train_round_robin(runs, steps=steps, time_limit=args.time_limit,
-                                     on_round=on_round, log=print)
+                                     on_round=on_round, log=print, finished=finished)
   print(f"trained {done} steps per run in {total.seconds:.0f} s wall", flush=True)
   summary = report({k: r.curve for k, r in runs.items()}, {k: r.seconds for k, r in runs.items()},
                    meta, args)

@@ -88,14 +88,14 @@ def report(curves, seconds, meta, args):
   for name in cells:
     for T in lengths:
       c, base = curves[f"{name}@{T}"], baseline(T, n)
-      final = c[:, -max(1, min(FINAL, c.shape[1] // 4)):].mean(axis=1)
+      final = c[:, -_common.final_window(c.shape[1], FINAL):].mean(axis=1)
       summary[f"{name}@{T}"] = {
           "final_ce": [float(v) for v in final], "ratio": [float(v / base) for v in final],
           "crossing": _common.first_crossing(c, THRESHOLD * base, WINDOW),
           "copy_accuracy": meta.get("copy_accuracy", {}).get(f"{name}@{T}"),
           "steps": int(c.shape[1])}
   steps = max(v["steps"] for v in summary.values())
-  print(f"\nFinal cross-entropy / baseline (mean of the last {max(1, min(FINAL, steps // 4))} "
+  print(f"\nFinal cross-entropy / baseline (mean of the last {_common.final_window(steps, FINAL)} "
         "training steps), median "
         f"[min, max] over {len(meta['seeds'])} seeds, {steps} steps; copy accuracy "
         "(median over seeds, chance 12.5%):")
@@ -119,15 +119,11 @@ def report(curves, seconds, meta, args):
 
   if not args.no_plot:
     plt = _common.pyplot()
-    pw = max(1, min(WINDOW, steps // 50))  # plot window: finer for short runs
+    pw = _common.plot_window(steps, WINDOW)
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.4 * len(lengths), 3.6),
                              squeeze=False)
     for ax, T in zip(axes[0], lengths):
-      for name in cells:
-        w = _common.window_means(curves[f"{name}@{T}"], pw)
-        x = (np.arange(w.shape[1]) + 1) * pw
-        line, = ax.plot(x, np.median(w, axis=0), label=LABELS[name])
-        ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=line.get_color(), alpha=0.2)
+      _common.plot_runs(ax, curves, {f"{n}@{T}": LABELS[n] for n in cells}, pw)
       ax.axhline(baseline(T, n), color="k", ls="--", lw=1, label=f"{n} ln 8 / (T + {2 * n})")
       ax.set(title=f"T = {T}", xlabel="step", yscale="log")
     axes[0][0].set_ylabel(f"cross-entropy ({pw}-step means; median, min-max)")
@@ -200,10 +196,7 @@ def main(argv=None) -> dict:
           "num_copy": n, "batch_size": batch_size, "lr": lr, "clip_norm": args.clip_norm,
           "steps": steps, "optimizer": f"{opt}{opt_kwargs or ''}"}
   results = args.results or (None if quick else os.path.join(args.out, "copy_task.npz"))
-
-  def on_round(done):
-    if results:
-      _common.save_curves(results, runs, {**meta, "steps_done": done})
+  on_round = _common.curve_saver(results, runs, meta)
 
   with _common.Timer() as total:
     done = _common.train_round_robin(runs, steps=steps, time_limit=args.time_limit,

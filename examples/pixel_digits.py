@@ -82,7 +82,7 @@ def report(curves, seconds, meta, args):
   summary = {}
   for name in cells:
     c = curves[name]
-    final = c[:, -max(1, min(FINAL, c.shape[1] // 4)):].mean(1)
+    final = c[:, -_common.final_window(c.shape[1], FINAL):].mean(1)
     summary[name] = {"final_ce": [float(v) for v in final],
                      "crossing": _common.first_crossing(c, meta["threshold"], WINDOW),
                      "test_accuracy": meta.get("test_accuracy", {}).get(name),
@@ -98,19 +98,15 @@ def report(curves, seconds, meta, args):
                  _common.spread([100 * a for a in acc], "{:.1f}") if acc else "-",
                  _common.spread(s["final_ce"], "{:.3f}"),
                  _common.crossing_summary(s["crossing"])])
-  print(_common.table(rows, ["cell", "test accuracy %", f"train CE (last {max(1, min(FINAL, steps // 4))} steps)",
+  print(_common.table(rows, ["cell", "test accuracy %", f"train CE (last {_common.final_window(steps, FINAL)} steps)",
                              f"first step CE < {meta['threshold']}"]))
   print("\nTraining time per cell (all seeds together): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
   if not args.no_plot:
     plt = _common.pyplot()
-    pw = max(1, min(WINDOW, steps // 50))  # plot window: finer for short runs
+    pw = _common.plot_window(steps, WINDOW)
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    for name in cells:
-      w = _common.window_means(curves[name], pw)
-      x = (np.arange(w.shape[1]) + 1) * pw
-      line, = ax.plot(x, np.median(w, axis=0), label=LABELS[name])
-      ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=line.get_color(), alpha=0.2)
+    _common.plot_runs(ax, curves, {n: LABELS[n] for n in cells}, pw)
     ax.axhline(np.log(10), color="k", ls="--", lw=1, label="chance, ln 10")
     ax.set(xlabel="step", ylabel=f"train cross-entropy ({pw}-step means)", yscale="log",
            title="8x8 digits, one pixel per step (T = 64)")
@@ -172,10 +168,7 @@ def main(argv=None) -> dict:
           "lr": lr, "clip_norm": args.clip_norm, "steps": steps, "optimizer": "adam",
           "threshold": args.threshold, "logreg_accuracy": float(logreg)}
   results = args.results or (None if quick else os.path.join(args.out, "pixel_digits.npz"))
-
-  def on_round(done):
-    if results:
-      _common.save_curves(results, runs, {**meta, "steps_done": done})
+  on_round = _common.curve_saver(results, runs, meta)
 
   with _common.Timer() as total:
     done = _common.train_round_robin(runs, steps=steps, time_limit=args.time_limit,

@@ -213,7 +213,8 @@ def test_killing_one_process_stops_the_other_with_an_error_and_a_restart_resumes
   # heartbeat timeout 3 s, grace 15 s: bounded, whatever the load
   assert runs["kill_to_exit_s"] < 45, runs["kill_to_exit_s"]
   survivor = "\n".join(line for line in runs["kill_log"].splitlines() if line.startswith("[0]"))
-  assert "heartbeat timeout" in survivor or "rnnjax.launch: terminating" in runs["kill_log"], \
+  # JAX words it "heartbeat timeout" or "stopped sending heartbeats" depending on which side notices first
+  assert "heartbeat" in survivor or "rnnjax.launch: terminating" in runs["kill_log"], \
       runs["kill_log"][-3000:]
   assert "process 1 exited with status -9 (killed by SIGKILL)" in runs["kill_log"]
   assert len(runs["committed_after_kill"]) >= 2
