@@ -67,7 +67,7 @@ def _elman_chunk(p, h0, x, y, lc):
   return loss, g, h
 
 
-def _reference_fit(params, steps, K, lr, momentum):
+def _reference_fit(params, steps, K, lr, momentum, data=None):
   """Hand-written TBPTT(K, K) with SGD + momentum (optax.sgd's trace: v = g + mu v,
   p -= lr v) in float64: the history losses, update counts and the final params."""
   p = {"w_i": params["layers"][0]["w_i"], "w_h": params["layers"][0]["w_h"],
@@ -76,7 +76,7 @@ def _reference_fit(params, steps, K, lr, momentum):
   v = {k: np.zeros_like(a) for k, a in p.items()}
   losses, counts = [], []
   for i in range(steps):
-    bt = _data(i)
+    bt = (data or _data)(i)
     x, y, lengths = (np.asarray(a, np.float64) for a in (bt.x, bt.y, bt.lengths))
     h = np.zeros((x.shape[0], p["w_h"].shape[0]))
     chunk_losses = []
@@ -130,22 +130,26 @@ def test_fit_tbptt_with_K_at_least_T_equals_full_bptt_fit():
     b = _data(i)
     return train.Batch(b.x, (np.abs(b.y[..., 0]) * 3).astype(np.int32) % 3, b.lengths)
 
-  kw = dict(loss="cross_entropy", optimizer=tx, steps=2, seed=jax.random.key(5, impl="rbg"))
+  kw = dict(loss="cross_entropy", optimizer=tx, steps=2, seed=jax.random.key(5, impl="rbg"),
+            eval_data=data(3), eval_every=1)
   full = train.fit(model, params, data, **kw)
   trunc = train.fit(model, params, data, tbptt=8, **kw)
   assert [h.pop("updates") for h in trunc.history] == [1, 1]
-  assert trunc.history == full.history
+  assert trunc.history == full.history and "eval_accuracy" in trunc.history[0]
   for a, b in zip(_leaves((trunc.params, trunc.opt_state)), _leaves((full.params, full.opt_state))):
     np.testing.assert_array_equal(a, b)
 
 
 def test_fit_tbptt_resume_equals_uninterrupted(tmp_path):
   params = _M.init(jax.random.key(0), 2)
+  # A callback with a state (saved in the checkpoints) watching the chunk-mean loss.
+  stop = lambda: [train.EarlyStopping("loss", patience=10)]  # noqa: E731
   kw = dict(loss="mse", optimizer=_TX, tbptt=3, checkpoint_every=2)
-  full = train.fit(_M, params, _data, steps=4, checkpoint_dir=tmp_path / "a", **kw)
-  part = train.fit(_M, params, _data, steps=2, checkpoint_dir=tmp_path / "b", **kw)
+  full = train.fit(_M, params, _data, steps=4, checkpoint_dir=tmp_path / "a", callbacks=stop(), **kw)
+  part = train.fit(_M, params, _data, steps=2, checkpoint_dir=tmp_path / "b", callbacks=stop(), **kw)
   assert part.history == full.history[:2]
-  resumed = train.fit(_M, params, _data, steps=4, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+  resumed = train.fit(_M, params, _data, steps=4, checkpoint_dir=tmp_path / "b", resume=True,
+                      callbacks=stop(), **kw)
   assert resumed.history == full.history
   assert [h["updates"] for h in full.history] == [3, 2, 3, 3]
   for a, b in zip(_leaves((resumed.params, resumed.opt_state)), _leaves((full.params, full.opt_state))):
@@ -189,6 +193,14 @@ def test_make_tbptt_step_matches_chunked_reference_with_ragged_last_chunk():
   losses, counts, ref = _reference_fit(params, 1, 3, 0.1, 0.0)
   assert m["chunk_loss"].shape == (3,) and int(m["updates"]) == counts[0] == 3
   assert float(m["loss"]) == pytest.approx(losses[0], rel=1e-5)
+  for k, a in _as_ref(new).items():
+    np.testing.assert_allclose(a, ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  # Without lengths: the ragged last chunk (1 of 7 steps) is padded and masked all the same.
+  b = _data(2)
+  new, _, m = step(params, opt.init(params), (b.x, b.y), None)
+  full = lambda i: train.Batch(b.x, b.y, np.full(3, 7, np.int32))  # noqa: E731
+  losses, _, ref = _reference_fit(params, 1, 3, 0.1, 0.0, data=full)
+  assert int(m["updates"]) == 3 and float(m["loss"]) == pytest.approx(losses[0], rel=1e-5)
   for k, a in _as_ref(new).items():
     np.testing.assert_allclose(a, ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
