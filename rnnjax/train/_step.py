@@ -12,6 +12,11 @@ One update ``i`` (0-based) is::
 where ``updates`` are multiplied by ``lr_scale`` (1 unless a
 :class:`~rnnjax.train.ReduceLROnPlateau` callback lowered it).
 
+With ``fit(..., tbptt=K)`` the step is
+``rnnjax.train._tbptt.make_tbptt_train_step`` instead: the same guarded
+update (:func:`apply_gradients`) once per chunk of ``K`` steps, ``ceil(T/K)``
+updates per batch, and the metric ``updates`` (chunk updates applied).
+
 Everything the update depends on -- params, optimizer state, ``i``, the
 base key -- lives in :class:`TrainState` and in the checkpoint, and the batch
 is ``data(i)``, a deterministic function of ``i``; so a run resumed from the
