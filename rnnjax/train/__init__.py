@@ -37,7 +37,9 @@ watch the gradients live::
 * The loop -- :func:`fit`: a short loop over hooks around the jitted pure
   step :func:`make_train_step`; a data function, an iterable, or in-memory
   arrays with ``epochs`` / ``batch_size`` / ``shuffle`` /
-  ``validation_split`` (:class:`ArrayData`); evaluation, progress bar, metric
+  ``validation_split`` (:class:`ArrayData`); truncated BPTT (``tbptt=K``:
+  one update per chunk of K steps, the carry passed on; :func:`fit_tbptt`,
+  :func:`make_tbptt_step`, :func:`chunk_model_loss`); evaluation, progress bar, metric
   writers (:class:`JsonLinesWriter`, :class:`CsvWriter`,
   :class:`TensorBoardWriter`), callbacks (:class:`Callback`,
   :class:`EarlyStopping`, :class:`ReduceLROnPlateau`), checksummed orbax

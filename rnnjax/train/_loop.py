@@ -219,7 +219,8 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
         callbacks: Sequence[Callback] = (), writers=None,
         checkpoint_dir=None, checkpoint_every: Optional[int] = None, keep: int = 3,
         resume: bool = False, jsonl=None, progress: Optional[bool] = None,
-        devices=None, adjoint_every: Optional[int] = None) -> FitResult:
+        devices=None, adjoint_every: Optional[int] = None,
+        tbptt: Optional[int] = None) -> FitResult:
   r"""Trains ``params``; returns a :class:`FitResult`.
 
   Two ways to feed it. A function ``i -> batch`` (or an iterable) and
@@ -307,9 +308,45 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
       size must be divisible by the number of (local) devices.
     adjoint_every: every this many updates record ``adjoint_norms``, the
       batch-mean ``||dL/dh_t||`` of the first recurrent layer (models only).
+    tbptt: None (default: full backpropagation through time, one update per
+      batch) or ``K``, a positive int: truncated BPTT (Williams & Peng 1990).
+      Needs a model: an :class:`rnnjax.SequenceModel` with
+      ``return_sequences=True`` (a target at every step) and no
+      ``Bidirectional`` layer. Every batch ``x [B, T, I]`` is cut along time
+      into ``ceil(T / K)`` chunks of ``K`` steps (a shorter last chunk is
+      padded and masked; ``lengths`` are cut with the chunks); the recurrent
+      carry starts at zero at ``t = 0`` and is passed from chunk to chunk
+      under ``stop_gradient``, and the optimizer updates once per chunk
+      (chunks without a valid step are not updated). So one fit step (one
+      batch, one ``steps`` unit, one history entry, one ``data(i)``) is
+      ``ceil(T / K)`` optimizer updates: optimizer schedules and counters
+      (Adam's bias correction, ``optax`` learning-rate schedules) advance per
+      chunk, ``lr_scale`` applies to every chunk, and the history entry
+      holds ``loss`` (the mean of the chunk losses), ``grad_norm`` (the
+      largest chunk gradient norm), ``clipped`` (any chunk clipped),
+      ``skipped`` (non-finite chunk updates, cumulative) and ``updates``
+      (chunk updates applied in this step). ``eval_every``,
+      ``checkpoint_every``, ``adjoint_every`` and the callbacks count fit
+      steps; evaluation and ``adjoint_norms`` use whole sequences. The carry
+      does not outlive its batch (it restarts at zero at every batch), so
+      checkpoints hold no carry and a resumed run equals the uninterrupted
+      one exactly; with ``devices`` each device runs its share of the batch
+      and the chunk gradients are averaged over all of them, as in full
+      BPTT. Bias: the gradient of a chunk ignores every dependency longer
+      than ``K`` steps (terms ``d loss_t / d h_s`` with ``s`` before the
+      chunk start), so long-range dependencies get no gradient signal and
+      the estimate is biased towards short-term ones (Tallec & Ollivier,
+      "Unbiasing Truncated Backpropagation Through Time", 2017); the carried
+      state comes from parameters of earlier updates; each chunk's loss is
+      averaged over its own valid steps. With ``K >= T`` it is full BPTT,
+      the same updates as ``tbptt=None`` (dropout included). Cost: the same
+      forward/backward FLOPs per batch, activation memory for ``K`` steps
+      instead of ``T``, ``ceil(T / K)`` optimizer updates. See
+      ``rnnjax.train._tbptt``.
 
   Raises:
-    ValueError / TypeError: bad arguments (named), a batch that does not fit
+    ValueError / TypeError: bad arguments (named; ``tbptt`` not a positive
+      int, or a loss_fn / a model that cannot be truncated), a batch that does not fit
       the model, labels out of range, a locked or mismatched checkpoint
       folder, no intact checkpoint to resume from.
   """
@@ -338,6 +375,14 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
   if adjoint_every is not None and model is None:
     raise ValueError("adjoint_every needs fit(model, ..., loss=...) (a model whose first "
                      "layer is a cell), not a bare loss_fn.")
+  tbptt_spec = None
+  if tbptt is not None:
+    from rnnjax.train._tbptt import check_tbptt, chunk_model_loss
+    K = check_tbptt(tbptt)
+    if model is None:
+      raise ValueError("tbptt needs fit(model, ..., loss=...) with a recurrent rnnjax.SequenceModel "
+                       "(its carry is passed from chunk to chunk), not a bare loss_fn.")
+    tbptt_spec = (K, chunk_model_loss(model, loss))
   if eval_data is not None and validation_data is not None:
     raise ValueError("pass validation_data= or eval_data= (the same thing), not both.")
   eval_data = validation_data if validation_data is not None else eval_data
@@ -353,7 +398,7 @@ def fit(model_or_loss, params, data, *, optimizer: optax.GradientTransformation,
     raise TypeError(f"callbacks must be rnnjax.train.Callback instances, got {bad}.")
 
   dp = DataParallel(devices)
-  step_fn, eval_fn = compiled(loss_fn, optimizer, dp)
+  step_fn, eval_fn = compiled(loss_fn, optimizer, dp, tbptt_spec)
   params = dp.replicate(params)
   state = TrainState(params, dp.replicate(optimizer.init(params)), dp.replicate(jnp.int32(0)),
                      dp.replicate(_key(seed)), dp.replicate(jnp.int32(0)))

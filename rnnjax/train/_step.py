@@ -12,6 +12,11 @@ One update ``i`` (0-based) is::
 where ``updates`` are multiplied by ``lr_scale`` (1 unless a
 :class:`~rnnjax.train.ReduceLROnPlateau` callback lowered it).
 
+With ``fit(..., tbptt=K)`` the step is
+``rnnjax.train._tbptt.make_tbptt_train_step`` instead: the same guarded
+update (:func:`apply_gradients`) once per chunk of ``K`` steps, ``ceil(T/K)``
+updates per batch, and the metric ``updates`` (chunk updates applied).
+
 Everything the update depends on -- params, optimizer state, ``i``, the
 base key -- lives in :class:`TrainState` and in the checkpoint, and the batch
 is ``data(i)``, a deterministic function of ``i``; so a run resumed from the
@@ -93,6 +98,38 @@ def _select(ok, new, old):
 _RESERVED = ("step", "loss", "grad_norm", "clipped", "skipped")
 
 
+def apply_gradients(optimizer: optax.GradientTransformation, params, opt_state, grads, loss,
+                    lr_scale=1.0):
+  """One guarded optimizer update: ``(params, opt_state, ok, grad_norm)``.
+
+  ``updates, s' = optimizer.update(grads, s, params)``; ``params' = params +
+  lr_scale * updates``; ``ok`` = loss, ``||grads||`` and ``params'`` all
+  finite; when not ok the old ``(params, opt_state)`` are returned. The one
+  update rule of :func:`make_train_step` and of the truncated-BPTT step
+  (``rnnjax.train._tbptt``, once per chunk).
+  """
+  grad_norm = global_norm(grads)
+  # optax's optimizers mix Python floats with int32 step counts (Adam's bias
+  # correction): they run under standard promotion even when the user's code
+  # runs under jax_numpy_dtype_promotion="strict".
+  with jax.numpy_dtype_promotion("standard"):
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  updates = jax.tree_util.tree_map(lambda u: u * jnp.asarray(lr_scale).astype(u.dtype), updates)
+  new_params = optax.apply_updates(params, updates)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+  return (_select(ok, new_params, params), _select(ok, new_opt_state, opt_state), ok, grad_norm)
+
+
+def update_metrics(opt_state, ok, skipped):
+  """``clipped`` (a clip_by_global_norm stage fired in an ok update) and ``skipped``
+  (the loop's count plus the non-finite updates caught by ``optax.apply_if_finite``)."""
+  clips = find_state(opt_state, ClipByGlobalNormState)
+  clipped = ok & (jnp.any(jnp.stack([c.clipped for c in clips])) if clips else False)
+  opt_skips = sum((s.total_notfinite.astype(jnp.int32)
+                   for s in find_state(opt_state, optax.ApplyIfFiniteState)), jnp.int32(0))
+  return {"clipped": clipped, "skipped": skipped + opt_skips}
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
   """The pure update ``(TrainState, batch, lr_scale=1.0) -> (TrainState, metrics)`` (not jitted).
 
@@ -107,24 +144,10 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
   def train_step(state: TrainState, batch, lr_scale=1.0):
     key = jax.random.fold_in(state.key, state.step)
     (loss, aux), grads = grad_fn(state.params, batch, key)
-    grad_norm = global_norm(grads)
-    # optax's optimizers mix Python floats with int32 step counts (Adam's bias
-    # correction): they run under standard promotion even when the user's code
-    # runs under jax_numpy_dtype_promotion="strict".
-    with jax.numpy_dtype_promotion("standard"):
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    updates = jax.tree_util.tree_map(lambda u: u * jnp.asarray(lr_scale).astype(u.dtype), updates)
-    params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
-    params = _select(ok, params, state.params)
-    opt_state = _select(ok, opt_state, state.opt_state)
+    params, opt_state, ok, grad_norm = apply_gradients(optimizer, state.params, state.opt_state,
+                                                       grads, loss, lr_scale)
     skipped = state.skipped + (~ok).astype(jnp.int32)
-    clips = find_state(opt_state, ClipByGlobalNormState)
-    clipped = ok & (jnp.any(jnp.stack([c.clipped for c in clips])) if clips else False)
-    opt_skips = sum((s.total_notfinite.astype(jnp.int32)
-                     for s in find_state(opt_state, optax.ApplyIfFiniteState)), jnp.int32(0))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped,
-               "skipped": skipped + opt_skips}
+    metrics = dict(update_metrics(opt_state, ok, skipped), loss=loss, grad_norm=grad_norm)
     for k, v in aux.items():
       metrics[k if k not in _RESERVED else f"aux_{k}"] = v
     return TrainState(params, opt_state, state.step + 1, state.key, skipped), metrics
@@ -132,25 +155,34 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
   return train_step
 
 
-
 _STEP_CACHE = {}
 
 
-def compiled(loss_fn, optimizer, dp):
-  """``(step, evaluate)`` jitted once per ``(loss_fn, optimizer, devices)``.
+def compiled(loss_fn, optimizer, dp, tbptt=None):
+  """``(step, evaluate)`` jitted once per ``(loss_fn, optimizer, devices, tbptt)``.
 
   The key compares by value: :func:`rnnjax.train.optimizer` results are equal
   when built from equal arguments and :func:`rnnjax.train.model_loss` caches
-  per ``(model, loss)``, so repeated fits reuse one executable.
+  per ``(model, loss)``, so repeated fits reuse one executable. ``tbptt`` is
+  None (the step of :func:`make_train_step`) or ``(K, chunk_loss_fn)`` with a
+  :func:`rnnjax.train.chunk_model_loss` function: the truncated-BPTT step of
+  ``rnnjax.train._tbptt`` (``evaluate`` still runs ``loss_fn`` on whole
+  sequences).
   """
-  k = (loss_fn, optimizer, tuple(d.id for d in dp.devices))
+  k = (loss_fn, optimizer, tuple(d.id for d in dp.devices), tbptt)
   try:
     hit = _STEP_CACHE.get(k)
   except TypeError:  # an unhashable loss_fn or optimizer: no caching
     k, hit = None, None
   if hit is not None:
     return hit
-  step = jax.jit(make_train_step(loss_fn, optimizer),
+  if tbptt is None:
+    train_step = make_train_step(loss_fn, optimizer)
+  else:
+    from rnnjax.train._tbptt import make_tbptt_train_step
+    K, chunk_loss = tbptt
+    train_step = make_tbptt_train_step(chunk_loss, optimizer, K, chunk_loss.initial_carry)
+  step = jax.jit(train_step,
                  in_shardings=(dp.replicated, dp.batch_sharding, dp.replicated),
                  out_shardings=(dp.replicated, dp.replicated))
   evaluate = jax.jit(lambda p, b: with_aux(loss_fn)(p, b, None),
