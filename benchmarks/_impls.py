@@ -97,15 +97,19 @@ def _loss_and_grad(apply):
 
 # -- rnnjax --------------------------------------------------------------------
 
-def _rnnjax(cell_name, s, mode, backend, impl):
+def _rnnjax(cell_name, s, mode, backend, impl, input_projection="auto"):
   import jax
   import jax.numpy as jnp
   import rnnjax as rj
   cell = {"simple": rj.SimpleRNN, "lstm": rj.LSTM, "gru": rj.GRU}[cell_name](s.H)
   params = cell.init(jax.random.key(0), s.I)
-  apply = lambda p, x: rj.scan(cell, p, x, impl=impl)[1]
+  apply = lambda p, x: rj.scan(cell, p, x, impl=impl, input_projection=input_projection)[1]
   fn = apply if mode == "fwd" else _loss_and_grad(apply)
-  return _jax_build(fn, (params, jnp.asarray(_inputs(s))), _jax_device(backend))
+  note = ""
+  if impl == "auto":
+    plan = rj.auto_plan(cell)
+    note = f"auto: {plan[0]}, {plan[1]} projection"
+  return _jax_build(fn, (params, jnp.asarray(_inputs(s))), _jax_device(backend), note=note)
 
 
 def rnnjax_auto(cell, s, mode, backend):
@@ -124,6 +128,21 @@ def rnnjax_baseline(cell, s, mode, backend):
 def rnnjax_reference(cell, s, mode, backend):
   """rnnjax.scan(impl="reference"): the plain lax.scan of the cell step."""
   return _rnnjax(cell, s, mode, backend, "reference")
+
+
+def rnnjax_fused_inloop(cell, s, mode, backend):
+  """rnnjax.scan(impl="fused", input_projection="inloop"): one variant ``auto`` chooses from."""
+  return _rnnjax(cell, s, mode, backend, "fused", "inloop")
+
+
+def rnnjax_fused_hoisted(cell, s, mode, backend):
+  """rnnjax.scan(impl="fused", input_projection="hoisted"): one variant ``auto`` chooses from."""
+  return _rnnjax(cell, s, mode, backend, "fused", "hoisted")
+
+
+def rnnjax_reference_hoisted(cell, s, mode, backend):
+  """rnnjax.scan(impl="reference", input_projection="hoisted")."""
+  return _rnnjax(cell, s, mode, backend, "reference", "hoisted")
 
 
 def _rnnjax_newton(cell_name, s, mode, backend, method):
@@ -328,6 +347,9 @@ def torch_peak(backend) -> Optional[float]:
 ADAPTERS: Dict[str, Callable] = {
     "rnnjax": rnnjax_auto,
     "rnnjax_reference": rnnjax_reference,
+    "rnnjax_fused_inloop": rnnjax_fused_inloop,
+    "rnnjax_fused_hoisted": rnnjax_fused_hoisted,
+    "rnnjax_reference_hoisted": rnnjax_reference_hoisted,
     "rnnjax_baseline": rnnjax_baseline,
     "rnnjax_deer": rnnjax_deer,
     "rnnjax_quasi_deer": rnnjax_quasi_deer,
@@ -343,6 +365,7 @@ ADAPTERS: Dict[str, Callable] = {
 for _m in PARALLEL_METHODS:
   ADAPTERS[f"rnnjax_{_m}"] = {"deer": rnnjax_deer, "quasi_deer": rnnjax_quasi_deer, "elk": rnnjax_elk}[_m]
   ADAPTERS[f"parallel_{_m}"] = ADAPTERS[f"rnnjax_{_m}"]
-OURS = (("rnnjax", "rnnjax_reference", "rnnjax_baseline")
+OURS = (("rnnjax", "rnnjax_reference", "rnnjax_baseline", "rnnjax_fused_inloop",
+         "rnnjax_fused_hoisted", "rnnjax_reference_hoisted")
         + tuple(f"rnnjax_{m}" for m in PARALLEL_METHODS) + tuple(f"parallel_{m}" for m in PARALLEL_METHODS))
 DEFAULT_IMPLS = ("rnnjax", "flax_linen", "flax_nnx", "torch", "equinox", "haiku", "cudnn")
