@@ -175,7 +175,7 @@ def rnnjax_quasi_deer(cell, s, mode, backend):
 
 
 def rnnjax_elk(cell, s, mode, backend):
-  """rnnjax.parallel.newton_scan(method="elk"): damped diagonal Newton (Kalman smoother)."""
+  """rnnjax.parallel.newton_scan(method="elk"): damped dense Newton (parallel Kalman smoother)."""
   return _rnnjax_newton(cell, s, mode, backend, "elk")
 
 

@@ -66,8 +66,9 @@ from rnnjax import _layout
 from rnnjax import _remat
 
 _PROJECTIONS = ("auto", "hoisted", "inloop")
-_IMPLS = ("auto", "fused", "reference", "autotune", "associative", "deer", "quasi_deer", "elk")
-_PARALLEL_IMPLS = ("associative", "deer", "quasi_deer", "elk")
+_IMPLS = ("auto", "fused", "reference", "autotune", "associative", "deer", "quasi_deer", "elk",
+          "quasi_elk")
+_PARALLEL_IMPLS = ("associative", "deer", "quasi_deer", "elk", "quasi_elk")
 
 
 def auto_plan(cell, backend: Optional[str] = None) -> tuple:
@@ -163,8 +164,8 @@ def scan(cell, params, xs, carry=None, *, lengths=None, reverse: bool = False,
       forward-mode autodiff needs ``"reference"``); or a parallel-in-time
       method of :mod:`rnnjax.parallel`: ``"associative"`` (cells with a
       linear recurrence: MinGRU, MinLSTM, LRU), ``"deer"``, ``"quasi_deer"``,
-      ``"elk"`` (Newton solves for any cell, falling back to the sequential
-      scan with a warning when they do not converge). ``"auto"`` first
+      ``"elk"``, ``"quasi_elk"`` (Newton solves for any cell, falling back to
+      the sequential scan with a warning when they do not converge). ``"auto"`` first
       consults the autotune cache (:func:`rnnjax.autotune`; timing on a miss
       only with ``impl="autotune"`` or ``RNNJAX_AUTOTUNE=1``), then the rules.
     remat: ``None`` (store every step for the backward pass), ``True``

@@ -81,6 +81,41 @@ def test_diagonal_kalman_smoother_is_the_least_squares_solution(x64):
     np.testing.assert_allclose(xs[:, d], np.linalg.lstsq(M, v, rcond=None)[0], atol=1e-12)
 
 
+def test_dense_kalman_smoother_matches_sequential_kalman_rts_float64(x64):
+  # Reference: a sequential Kalman filter + Rauch-Tung-Striebel smoother in
+  # NumPy float64, and the regularised least-squares problem it solves.
+  rng = np.random.default_rng(3)
+  T, D, q, r = 5, 3, 0.7, 0.3
+  F = rng.normal(size=(T, D, D)) * 0.8
+  u, y, m0 = rng.normal(size=(T, D)), rng.normal(size=(T, D)), rng.normal(size=D)
+  out = np.asarray(jax.jit(ls.kalman_smoother)(F, u, y, m0, q, r))
+  I = np.eye(D)
+  m, P, filt, pred = m0, np.zeros((D, D)), [], []
+  for t in range(T):
+    mp, Pp = F[t] @ m + u[t], F[t] @ P @ F[t].T + q * I
+    K = Pp @ np.linalg.inv(Pp + r * I)
+    m, P = mp + K @ (y[t] - mp), (I - K) @ Pp
+    filt.append((m, P))
+    pred.append((mp, Pp))
+  rts = [None] * T
+  rts[-1] = filt[-1][0]
+  for t in reversed(range(T - 1)):
+    G = filt[t][1] @ F[t + 1].T @ np.linalg.inv(pred[t + 1][1])
+    rts[t] = filt[t][0] + G @ (rts[t + 1] - pred[t + 1][0])
+  np.testing.assert_allclose(out, np.array(rts), atol=1e-10, rtol=1e-10)
+  M, v = np.zeros((2 * T * D, T * D)), np.zeros(2 * T * D)
+  for t in range(T):
+    blk = slice(t * D, (t + 1) * D)
+    M[blk, blk] = I / np.sqrt(q)
+    if t:
+      M[blk, (t - 1) * D:t * D] = -F[t] / np.sqrt(q)
+    v[blk] = (u[t] + (F[0] @ m0 if t == 0 else 0.0)) / np.sqrt(q)
+    M[T * D + t * D:T * D + (t + 1) * D, blk] = I / np.sqrt(r)
+    v[T * D + t * D:T * D + (t + 1) * D] = y[t] / np.sqrt(r)
+  lsq = np.linalg.lstsq(M, v, rcond=None)[0].reshape(T, D)
+  np.testing.assert_allclose(out, lsq, atol=1e-10, rtol=1e-10)
+
+
 # -- linear-recurrence cells ---------------------------------------------------
 def _sigmoid(v):
   return 1 / (1 + np.exp(-v))
@@ -184,11 +219,15 @@ NEWTON_CELLS = {
     "gru": lambda: rj.GRU(4),
     "gru_cho": lambda: rj.GRU(4, reset_after=False),
     "stack": lambda: rj.Stack([rj.GRU(3), rj.SimpleRNN(3)]),
+    "indrnn": lambda: rj.IndRNN(5, recurrent_min=-0.9, recurrent_max=0.9),
+    "lstm_peephole": lambda: rj.LSTM(4, peephole=True),
 }
 
 
 def _newton_case(cell, method, reverse, T=24):
   p = cell.init(jax.random.PRNGKey(0), 3)
+  if "w_p" in p:  # peepholes start at zero: make them count
+    p["w_p"] = 0.5 * jax.random.normal(jax.random.PRNGKey(3), p["w_p"].shape)
   xs = jax.random.normal(jax.random.PRNGKey(1), (2, 1, T, 3))
   L = jnp.array([[T], [T - 9]])
   c0 = jax.tree_util.tree_map(lambda c: c + 0.2 * jax.random.normal(jax.random.PRNGKey(2), c.shape),
@@ -215,10 +254,13 @@ def test_deer_matches_sequential_scan_values_and_grads(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["quasi_deer", "elk"])
-@pytest.mark.parametrize("name", ["tanh", "lstm"])
+@pytest.mark.parametrize("method,name", [
+    (m, n) for m in ("quasi_deer", "quasi_elk") for n in ("tanh", "lstm", "indrnn", "lstm_peephole")]
+    + [("elk", n) for n in ("tanh", "lstm", "gru", "indrnn", "lstm_peephole")])
 def test_quasi_deer_and_elk_match_sequential_scan(method, name):
-  _newton_case(NEWTON_CELLS[name](), method, reverse=name == "lstm")
+  info = _newton_case(NEWTON_CELLS[name](), method, reverse=name in ("lstm", "lstm_peephole"))
+  if method == "elk":  # Levenberg-Marquardt: DEER's few iterations plus the damped start
+    assert int(jnp.max(info.iterations)) <= 24
 
 
 def _rnn_with_gain(gain, H=6, activation="tanh"):
@@ -257,13 +299,13 @@ def test_lyapunov_estimates_and_guard():
   np.testing.assert_allclose(float(info_d.lyapunov), np.log(0.8), atol=0.03)
   assert int(info_d.iterations) <= 2  # linear: one Newton step is exact
   # A chaotic tanh RNN (gain 3): the guard routes it to the sequential scan
-  # (ELK: its trust region keeps the iterates finite; undamped DEER overflows,
-  # which also falls back, with its own message).
+  # (quasi-ELK: its trust region keeps the iterates finite; undamped DEER
+  # overflows, which also falls back, with its own message).
   cell, p = _rnn_with_gain(3.0)
   xs = jax.random.normal(jax.random.PRNGKey(6), (200, 2))
   c_ref, y_ref = rj.scan(cell, p, xs)
   with pytest.warns(RuntimeWarning, match="Lyapunov exponent estimate"):
-    c, y, info = parallel.newton_scan(cell, p, xs, method="elk")
+    c, y, info = parallel.newton_scan(cell, p, xs, method="quasi_elk")
   assert float(info.lyapunov) > parallel.LYAPUNOV_THRESHOLD and bool(info.fallback)
   _close((c, y), (c_ref, y_ref), atol=1e-6, rtol=1e-6)
 

@@ -46,7 +46,8 @@ def _check_linear(cell):
     raise ValueError(
         f"impl='associative' needs a cell whose recurrence is linear in its state "
         f"(MinGRU, MinLSTM, LRU, or a Stack of them); {type(cell).__name__} is not: use "
-        "impl='deer', 'quasi_deer' or 'elk' (rnnjax.parallel.newton_scan) or 'reference'.")
+        "impl='deer', 'quasi_deer', 'elk' or 'quasi_elk' (rnnjax.parallel.newton_scan) or "
+        "'reference'.")
 
 
 def _one(cell, params, xs, carry, valid, reverse):
@@ -118,7 +119,7 @@ def scan_dispatch(cell, params, xs, carry=None, *, lengths=None, reverse=False,
   """``rnnjax.scan``'s semantics for the parallel implementations.
 
   ``impl="associative"``: :func:`linear_scan`; ``"deer"``, ``"quasi_deer"``,
-  ``"elk"``: :func:`rnnjax.parallel.newton_scan` with its defaults (its
+  ``"elk"``, ``"quasi_elk"``: :func:`rnnjax.parallel.newton_scan` with its defaults (its
   ``info`` is dropped; a solve that does not converge falls back to the
   sequential scan with a ``RuntimeWarning``). Returns ``(final_carry, ys)``.
   """

@@ -14,7 +14,9 @@ leading axis, and runs in ``O(log T)`` depth with ``jax.lax.associative_scan``.
   ``logcumsumexp``-style scan).
 * :func:`diagonal_kalman_smoother` -- the MAP trajectory of an elementwise
   linear-Gaussian model, by the parallel filter and smoother of Särkkä &
-  García-Fernández (2021); used by ELK.
+  García-Fernández (2021); used by quasi-ELK.
+* :func:`kalman_smoother` -- the same with dense ``F_t`` ``[T, D, D]`` and
+  ``D x D`` covariances; used by ELK.
 
 Reference: Blelloch, "Prefix sums and their applications" (1990); Särkkä &
 García-Fernández, "Temporal parallelization of Bayesian smoothers", IEEE TAC
@@ -150,4 +152,131 @@ def diagonal_kalman_smoother(F, u, y, m0, q, r):
   # With reverse=True, associative_scan calls fn(later_in_time, earlier_in_time).
   _, xs, _ = jax.lax.associative_scan(
       lambda later, earlier: s_combine(earlier, later), (E, g, L), reverse=True)
+  return xs
+
+
+def _mv(M, v):
+  return jnp.einsum("...ij,...j->...i", M, v)
+
+
+def _inv(M):
+  """Batched inverse ``[..., D, D]`` by Gauss-Jordan elimination with partial pivoting.
+
+  A ``fori_loop`` over the ``D`` columns of plain array operations: the same
+  arithmetic as an LU inverse, but one small loop body to compile (XLA's
+  LAPACK LU takes seconds to compile on CPU, and the scans below hold one per
+  level).
+  """
+  D = M.shape[-1]
+  rows = jnp.arange(D)
+  eye = jnp.broadcast_to(jnp.eye(D, dtype=M.dtype), M.shape)
+  aug = jnp.concatenate([M, eye], axis=-1)                      # [..., D, 2D]
+
+  def body(k, aug):
+    col = jax.lax.dynamic_index_in_dim(aug, k, axis=-1, keepdims=False)   # [..., D]
+    piv = jnp.argmax(jnp.where(rows >= k, jnp.abs(col), -1), axis=-1)    # [...]
+    row_k = jax.lax.dynamic_index_in_dim(aug, k, axis=-2, keepdims=True)  # [..., 1, 2D]
+    row_p = jnp.take_along_axis(aug, piv[..., None, None], axis=-2)      # [..., 1, 2D]
+    is_k = (rows == k)[:, None]
+    is_p = (rows == piv[..., None])[..., None]
+    aug = aug + jnp.where(is_k, row_p - row_k, 0) + jnp.where(is_p, row_k - row_p, 0)
+    row = row_p / jax.lax.dynamic_index_in_dim(row_p, k, axis=-1, keepdims=True)
+    f = jnp.where(rows == k, 0, jax.lax.dynamic_index_in_dim(aug, k, axis=-1, keepdims=False))
+    aug = aug - f[..., :, None] * row
+    return jnp.where(is_k, row, aug)
+
+  return jax.lax.fori_loop(0, D, body, aug)[..., D:]
+
+
+def _sym(M):
+  return 0.5 * (M + jnp.swapaxes(M, -1, -2))
+
+
+def kalman_smoother(F, u, y, m0, q, r):
+  r"""Smoothed means of ``x_t = F_t x_{t-1} + u_t + N(0, q I)``, ``y_t = x_t + N(0, r I)``.
+
+  Dense transition matrices ``F`` ``[T, D, D]``; ``u``, ``y`` ``[T, D]``;
+  ``x_{-1} = m0`` ``[D]`` known exactly; ``q``, ``r`` positive scalars. Both
+  passes are associative scans over ``D x D`` elements (Särkkä &
+  García-Fernández 2021, Lemmas 7-10, with ``H = I``, ``Q = q I``,
+  ``R = r I``): ``O(log T)`` depth, ``O(T D^3)`` work, ``O(T D^2)`` memory.
+
+  Filtering elements ``(A, b, C, eta, J)`` with the gain ``K = q / (q + r)``
+  (a scalar, since ``Q`` and ``R`` are isotropic)::
+
+    A_t = (1 - K) F_t,  b_t = u_t + K (y_t - u_t),  C_t = (1 - K) q I,
+    eta_t = F_t^T (y_t - u_t) / (q + r),  J_t = F_t^T F_t / (q + r),
+
+  combined as
+  ``A_ij = A_j (I + C_i J_j)^{-1} A_i``,
+  ``b_ij = A_j (I + C_i J_j)^{-1} (b_i + C_i eta_j) + b_j``,
+  ``C_ij = A_j (I + C_i J_j)^{-1} C_i A_j^T + C_j``,
+  ``eta_ij = A_i^T (I + J_j C_i)^{-1} (eta_j - J_j b_i) + eta_i``,
+  ``J_ij = A_i^T (I + J_j C_i)^{-1} J_j A_i + J_i``; the scan's ``b, C`` are
+  the filtered means and covariances ``m_t, P_t``. Smoothing elements
+  ``E_t = P_t F_{t+1}^T (F_{t+1} P_t F_{t+1}^T + q I)^{-1}``,
+  ``g_t = m_t - E_t (F_{t+1} m_t + u_{t+1})`` (``E = 0``, ``g = m`` at the
+  last step), combined by ``(E_i E_j, E_i g_j + g_i)`` backwards in time.
+
+  Returns the smoothed means ``[T, D]`` -- the minimiser of
+  ``sum_t |x_t - F_t x_{t-1} - u_t|^2 / q + |x_t - y_t|^2 / r``.
+  """
+  F, u, y, m0 = (jnp.asarray(v) for v in (F, u, y, m0))
+  T, D = u.shape
+  dt = F.dtype
+  q = jnp.asarray(q, dt)
+  r = jnp.asarray(r, dt)
+  eye = jnp.eye(D, dtype=dt)
+  S = q + r
+  K = q / S
+  Ft = jnp.swapaxes(F, -1, -2)
+  A = (1 - K) * F
+  b = u + K * (y - u)
+  C = jnp.broadcast_to((1 - K) * q * eye, (T, D, D))
+  eta = _mv(Ft, y - u) / S
+  J = Ft @ F / S
+  # First element: prior mean F_0 m0 + u_0, covariance q I (m0 is exact).
+  m1 = F[0] @ m0 + u[0]
+  A = A.at[0].set(0.0)
+  b = b.at[0].set(m1 + K * (y[0] - m1))
+  C = C.at[0].set((q - K * S * K) * eye)
+  eta = eta.at[0].set(0.0)
+  J = J.at[0].set(0.0)
+
+  def f_combine(ei, ej):
+    Ai, bi, Ci, etai, Ji = ei
+    Aj, bj, Cj, etaj, Jj = ej
+    # W = (I + C_i J_j)^{-1}; (I + J_j C_i)^{-1} = W^T (C, J symmetric).
+    W = _inv(jnp.broadcast_to(eye, Ai.shape) + Ci @ Jj)
+    WT = jnp.swapaxes(W, -1, -2)
+    AjW, AiT = Aj @ W, jnp.swapaxes(Ai, -1, -2)
+    Aij = AjW @ Ai
+    bij = _mv(AjW, bi + _mv(Ci, etaj)) + bj
+    Cij = _sym(AjW @ Ci @ jnp.swapaxes(Aj, -1, -2) + Cj)
+    AiTWT = AiT @ WT
+    etaij = _mv(AiTWT, etaj - _mv(Jj, bi)) + etai
+    Jij = _sym(AiTWT @ Jj @ Ai + Ji)
+    return Aij, bij, Cij, etaij, Jij
+
+  _, m, P, _, _ = jax.lax.associative_scan(f_combine, (A, b, C, eta, J))
+  # Smoothing elements (E, g): x_t = E_t x_{t+1} + g_t (+ noise, not needed for the mean).
+  Fn = jnp.concatenate([F[1:], jnp.zeros_like(F[:1])])
+  un = jnp.concatenate([u[1:], jnp.zeros_like(u[:1])])
+  FP = Fn @ P                                                   # F_{t+1} P_t
+  pred = _sym(FP @ jnp.swapaxes(Fn, -1, -2)) + q * eye          # F P F^T + q I
+  E = jnp.swapaxes(_inv(pred) @ FP, -1, -2)                     # P F^T pred^{-1}
+  g = m - _mv(E, _mv(Fn, m) + un)
+  last = T - 1
+  E = E.at[last].set(0.0)
+  g = g.at[last].set(m[last])
+
+  def s_combine(ei, ej):
+    # ei earlier in time, ej later: x_i = E_i (E_j x + g_j) + g_i.
+    Ei, gi = ei
+    Ej, gj = ej
+    return Ei @ Ej, _mv(Ei, gj) + gi
+
+  # With reverse=True, associative_scan calls fn(later_in_time, earlier_in_time).
+  _, xs = jax.lax.associative_scan(
+      lambda later, earlier: s_combine(earlier, later), (E, g), reverse=True)
   return xs

@@ -1,4 +1,4 @@
-r"""Parallel-in-time evaluation of any cell by Newton's method (DEER, quasi-DEER, ELK).
+r"""Parallel-in-time evaluation of any cell by Newton's method (DEER, ELK and their quasi forms).
 
 A scan computes the states :math:`s_t = f_t(s_{t-1})` (``f_t`` the cell's step
 with input ``x_t``, ``s`` its carry flattened to a vector of size ``D``) one
@@ -23,17 +23,28 @@ Methods:
 * ``"quasi_deer"`` (Gonzalez et al., NeurIPS 2024): only the diagonal of
   ``J_t`` (``D`` JVPs of the step, evaluated one after the other so memory
   stays ``O(T D)``), an elementwise scan; more, cheaper iterations.
-* ``"elk"`` (Gonzalez et al., NeurIPS 2024, "quasi-ELK"): the
-  Levenberg-Marquardt (trust-region) form of quasi-DEER. Each iteration finds
-  the MAP trajectory of the linear-Gaussian model
-  ``s_t = diag(J_t) s_{t-1} + u_t + N(0, 1)``, observed as
-  ``s^{(i)}_t + N(0, sigma^2)`` -- i.e. the minimiser of
-  ``|linearised residual|^2 + |S - S^{(i)}|^2 / sigma^2`` -- with the
-  parallel (associative-scan) Kalman filter and RTS smoother of Särkkä &
-  García-Fernández (2021). ``sigma^2`` adapts as in Levenberg-Marquardt:
-  times 10 after a step that lowers the squared residual, divided by 10 and
-  the step rejected otherwise (start 1, range [1e-4, 1e8]). This is the
-  *diagonal* ELK; the dense-Jacobian ELK is not implemented.
+* ``"elk"`` (Gonzalez et al., NeurIPS 2024): the Levenberg-Marquardt
+  (trust-region) form of DEER. Each iteration finds the MAP trajectory of the
+  linear-Gaussian model
+
+  .. math::  s_t = J_t s_{t-1} + u_t + \mathcal N(0, I), \qquad
+             s^{(i)}_t = s_t + \mathcal N(0, \sigma^2 I)
+
+  (:math:`u_t = f_t(s^{(i)}_{t-1}) - J_t s^{(i)}_{t-1}`), i.e. the minimiser of
+  :math:`\sum_t |s_t - J_t s_{t-1} - u_t|^2 + |s_t - s^{(i)}_t|^2 / \sigma^2`
+  (the linearised residual plus a proximal term), by the parallel
+  (associative-scan) Kalman filter and RTS smoother of Särkkä &
+  García-Fernández (2021) with dense ``D x D`` covariances
+  (``rnnjax.parallel._linear_scan.kalman_smoother``): ``O(T D^3)`` work and
+  ``O(T D^2)`` memory per iteration, like DEER. As ``sigma^2 -> inf`` the
+  step becomes DEER's; as ``sigma^2 -> 0`` it stays put. ``sigma^2`` adapts
+  as in Levenberg-Marquardt: times 10 after a step that lowers the squared
+  residual :math:`\sum_t |s_t - f_t(s_{t-1})|^2`, divided by 10 and the step
+  rejected otherwise (start 1, range [1e-4, 1e8]); a rejected step counts as
+  an iteration.
+* ``"quasi_elk"`` (Gonzalez et al., NeurIPS 2024, "quasi-ELK"): the same
+  with the diagonal Jacobians of quasi-DEER and an elementwise Kalman
+  smoother (``O(T D)`` memory).
 
 Convergence is decided on the max-norm residual
 :math:`\max_t |s_t - f_t(s_{t-1})|_\infty \le tol \cdot \max(1, \max|S|)`.
@@ -47,10 +58,10 @@ and the warning is raised at run time through ``jax.debug.callback``.
 ``info.fallback`` says which happened.
 
 Lyapunov guard: from the Jacobians of each iteration the solver estimates
-the largest Lyapunov exponent (per step, natural log): for ``"deer"`` the
-mean log growth of a vector pushed through blocks of 32 consecutive
-``J_t`` (renormalised every step, blocks in parallel); for the diagonal
-methods ``max_i mean_t log|J_t[i, i]|`` (exact for a diagonal system). From
+the largest Lyapunov exponent (per step, natural log): for ``"deer"`` and
+``"elk"`` the mean log growth of a vector pushed through blocks of 32
+consecutive ``J_t`` (renormalised every step, blocks in parallel); for the
+diagonal methods ``max_i mean_t log|J_t[i, i]|`` (exact for a diagonal system). From
 the third iteration on, an unconverged solve whose estimate exceeds
 :data:`LYAPUNOV_THRESHOLD` (0: any positive exponent) stops, and a converged
 one with such an estimate is not returned either: the sequential scan runs.
@@ -89,7 +100,7 @@ from rnnjax._scan import resolve_carry_and_lengths
 from rnnjax._scan import scan as _sequential_scan
 from rnnjax.parallel import _linear_scan as ls
 
-METHODS = ("deer", "quasi_deer", "elk")
+METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 
 LYAPUNOV_THRESHOLD = 0.0
 """Largest-Lyapunov-exponent estimate (per step) above which the sequential
@@ -222,7 +233,8 @@ class _Config(NamedTuple):
 def _solve(cfg, f, xs, s0, valid, init):
   """Newton iterations for one sequence. Returns ``(S [T, D], stats)``."""
   method = cfg.method
-  dense = method == "deer"
+  dense = method in ("deer", "elk")
+  damped = method in ("elk", "quasi_elk")
 
   def evaluate(S):
     P = _prev(S, s0)
@@ -235,12 +247,14 @@ def _solve(cfg, f, xs, s0, valid, init):
 
   def propose(S, P, fS, J, sigma2):
     if dense:
-      c = fS - jnp.einsum("tij,tj->ti", J, P)
-      return ls.affine_scan(J, c, s0)
+      u = fS - jnp.einsum("tij,tj->ti", J, P)
+      if damped:
+        return ls.kalman_smoother(J, u, S, s0, 1.0, sigma2)
+      return ls.affine_scan(J, u, s0)
     u = fS - J * P
-    if method == "quasi_deer":
-      return ls.diagonal_scan(J, u, s0)
-    return ls.diagonal_kalman_smoother(J, u, S, s0, 1.0, sigma2)
+    if damped:
+      return ls.diagonal_kalman_smoother(J, u, S, s0, 1.0, sigma2)
+    return ls.diagonal_scan(J, u, s0)
 
   def done(res, scale):
     # Finite, and small: an overflowed iterate (inf scale) never counts as converged.
@@ -261,7 +275,7 @@ def _solve(cfg, f, xs, s0, valid, init):
     P, fS, J, res, merit, lyap, scale = ev
     S_new = propose(S, P, fS, J, sigma2)
     ev_new = evaluate(S_new)
-    if method != "elk":
+    if not damped:
       return it + 1, S_new, ev_new, sigma2
     better = ev_new[4] < merit
     sigma2 = jnp.where(better, jnp.minimum(sigma2 * 10, sig_max),
@@ -435,7 +449,7 @@ def newton_scan(cell, params, xs, carry=None, *, lengths=None, reverse=False,
     carry: initial carry (default zeros, in the params' dtype).
     lengths: optional int ``[*B]``.
     reverse: read the sequences backwards.
-    method: ``"deer"``, ``"quasi_deer"`` or ``"elk"``.
+    method: ``"deer"``, ``"quasi_deer"``, ``"elk"`` or ``"quasi_elk"``.
     max_iters: Newton iterations at most (default ``min(T, 100)``).
     tol: convergence when ``max |s_t - f_t(s_{t-1})| <= tol * max(1, max|s|)``
       (default ``20 * eps`` of the state dtype: about ``2.4e-6`` in float32).
