@@ -7,10 +7,10 @@ at init), driven by Gaussian inputs:
 * the largest Lyapunov exponent ``lambda_1`` by QR re-orthonormalisation
   (``rnnjax.diagnostics.lyapunov_exponents``) and the solver's own cheap
   estimate (``info.lyapunov``),
-* the Newton iterations DEER, quasi-DEER and ELK take to reach the default
-  tolerance at each T (capped at ``--max-iters``; ``>cap`` means not
-  converged), with the Lyapunov guard switched off so the iterations are
-  measured rather than cut short,
+* the Newton iterations DEER, quasi-DEER, ELK (dense, Levenberg-Marquardt)
+  and quasi-ELK take to reach the default tolerance at each T (capped at
+  ``--max-iters``; ``>cap`` means not converged), with the Lyapunov guard
+  switched off so the iterations are measured rather than cut short,
 * whether the answer equals the sequential scan (max abs error).
 
 Theory (Gonzalez et al. 2025): for a contracting system (``lambda_1 < 0``)

@@ -310,6 +310,20 @@ def test_lyapunov_estimates_and_guard():
   _close((c, y), (c_ref, y_ref), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_dense_elk_on_an_edge_of_chaos_rnn_falls_back_to_the_sequential_scan():
+  # tanh RNN, gain 2, T = 64: the damped iterates stall (residual ~0.2) and the
+  # Lyapunov estimate at them is positive, so the guard stops the solve at the
+  # third iteration; the answer is the sequential scan's, with the warning.
+  cell, p = _rnn_with_gain(2.0, H=8)
+  xs = jax.random.normal(jax.random.PRNGKey(64), (64, 2))
+  c_ref, y_ref = rj.scan(cell, p, xs)
+  with pytest.warns(RuntimeWarning, match="falling back"):
+    c, y, info = parallel.newton_scan(cell, p, xs, method="elk")
+  assert bool(info.fallback) and int(info.iterations) <= 64
+  _close((c, y), (c_ref, y_ref), atol=1e-6, rtol=1e-6)
+
+
 def test_newton_bad_input_names_the_argument():
   cell = rj.SimpleRNN(3)
   p = cell.init(jax.random.PRNGKey(0), 2)
