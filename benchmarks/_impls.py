@@ -179,7 +179,12 @@ def rnnjax_elk(cell, s, mode, backend):
   return _rnnjax_newton(cell, s, mode, backend, "elk")
 
 
-PARALLEL_METHODS = ("deer", "quasi_deer", "elk")
+def rnnjax_quasi_elk(cell, s, mode, backend):
+  """rnnjax.parallel.newton_scan(method="quasi_elk"): damped diagonal Newton (Kalman smoother)."""
+  return _rnnjax_newton(cell, s, mode, backend, "quasi_elk")
+
+
+PARALLEL_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 
 
 # -- Flax linen ------------------------------------------------------------------
@@ -363,7 +368,8 @@ ADAPTERS: Dict[str, Callable] = {
 }
 # rnnjax_{method} and its alias parallel_{method} (the GPU check's name for it).
 for _m in PARALLEL_METHODS:
-  ADAPTERS[f"rnnjax_{_m}"] = {"deer": rnnjax_deer, "quasi_deer": rnnjax_quasi_deer, "elk": rnnjax_elk}[_m]
+  ADAPTERS[f"rnnjax_{_m}"] = {"deer": rnnjax_deer, "quasi_deer": rnnjax_quasi_deer, "elk": rnnjax_elk,
+                              "quasi_elk": rnnjax_quasi_elk}[_m]
   ADAPTERS[f"parallel_{_m}"] = ADAPTERS[f"rnnjax_{_m}"]
 OURS = (("rnnjax", "rnnjax_reference", "rnnjax_baseline", "rnnjax_fused_inloop",
          "rnnjax_fused_hoisted", "rnnjax_reference_hoisted")
