@@ -32,6 +32,7 @@ def test_time_calls_counts_and_sync():
   assert _common.summarize([3.0, 1.0, 2.0]) == {"median_s": 2.0, "min_s": 1.0, "n": 3}
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_quick_run_end_to_end(tmp_path):
   out = tmp_path / "res"
   cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--cells", "lstm", "--presets", "tiny",

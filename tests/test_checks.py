@@ -239,6 +239,7 @@ def test_diagnose_single_step_is_undetermined(rnn):
   assert "fewer than two lags" in rep.reason and "undetermined" in str(rep)
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_diagnose_lengths_at_most_one_is_undetermined(rnn):
   cell, params = rnn
   xs = jax.random.normal(jax.random.key(1), (B, 3, I))

@@ -173,7 +173,8 @@ def test_leaf_restriction_and_names(x64):
 # Matrix-free methods vs exact
 
 
-@pytest.mark.parametrize("cell", [rj.SimpleRNN(6), rj.LSTM(4)], ids=["tanh", "lstm"])
+@pytest.mark.parametrize("cell", [rj.SimpleRNN(6), pytest.param(rj.LSTM(4), marks=pytest.mark.slow)],
+                         ids=["tanh", "lstm"])
 def test_power_and_hutchinson_agree_with_exact(cell):
   p = cell.init(jax.random.key(0), 3)
   T = 20
@@ -370,6 +371,7 @@ def test_exact_log_space_over_5000_steps():
 # Qualitative truths from the seeds
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_sigmoid_decays_faster_than_tanh_at_equal_spectral_scale():
   rng = np.random.default_rng(4)
   H, T = 8, 30
@@ -389,6 +391,7 @@ def test_sigmoid_decays_faster_than_tanh_at_equal_spectral_scale():
   assert rates["sigmoid"] < rates["tanh"] - 0.8
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_irnn_at_identity_keeps_norm_one_with_all_units_active():
   cell = rj.IRNN(5)
   p = cell.init(jax.random.key(0), 2)
@@ -401,6 +404,7 @@ def test_irnn_at_identity_keeps_norm_one_with_all_units_active():
   assert float(sat["h"].mean_derivative) == 1.0
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_lstm_large_forget_bias_decays_slower():
   xs = jax.random.normal(jax.random.key(0), (2, 40, 3))
   rates = {}
@@ -488,6 +492,7 @@ def test_saturation_lstm_and_gru_match_numpy(x64):
 # diagnose, Report, table, plot, study, CLI
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_diagnose_equals_the_separate_functions():
   cell = rj.GRU(4)
   p = cell.init(jax.random.key(0), 2)
@@ -513,6 +518,7 @@ def test_diagnose_equals_the_separate_functions():
   assert rep.largest_lyapunov == rep.lyapunov[0]
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_diagnose_stack_with_lengths():
   stack = rj.Stack([rj.SimpleRNN(3), rj.LSTM(2)])
   p = stack.init(jax.random.key(0), 2)
@@ -559,6 +565,7 @@ def test_report_summaries_on_linear_rnns(x64, tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_vanishing_study_and_cli(tmp_path, capsys):
   # (the LSTM and GRU paths of diagnose are tested above; 3 cells keep the test short)
   reps, path = rd.vanishing_study(T=30, hidden=4, batch=2, out_dir=str(tmp_path),
@@ -628,6 +635,7 @@ def test_bad_inputs_raise_clear_errors():
 # Benchmark smoke test
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_benchmark_quick(tmp_path, capsys):
   from benchmarks import bench_diagnostics
   out = tmp_path / "bench.json"
@@ -661,7 +669,8 @@ def test_adjoint_norms_fresh_identical_lambda_compiles_once():
 
 @pytest.mark.parametrize("cell,names", [
     (rj.IndRNN(4, activation="tanh", recurrent_min=0.5, recurrent_max=0.9), ["h"]),
-    (rj.LSTM(4, peephole=True), ["i", "f", "g", "o", "tanh_c"]),
+    pytest.param(rj.LSTM(4, peephole=True), ["i", "f", "g", "o", "tanh_c"],
+                 marks=pytest.mark.slow),  # compile-heavy; the indrnn case runs in CI
 ], ids=["indrnn", "lstm-peephole"])
 def test_new_cells_get_every_diagnostic(cell, names):
   """Cells written only in rnnjax/_cells.py get saturation, diagnose and Lyapunov exponents."""

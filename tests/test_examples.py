@@ -71,6 +71,7 @@ def test_adding_problem(tmp_path):
   assert os.path.exists(tmp_path / "adding_problem.png")
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_vanishing_gradients(tmp_path):
   r = run("vanishing_gradients", tmp_path)
   sig, lstm = r["init"]["sigmoid"], r["init"]["lstm"]
@@ -85,6 +86,7 @@ def test_vanishing_gradients(tmp_path):
   assert os.path.exists(tmp_path / "vanishing_gradients_init.png")
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_exploding_gradients(tmp_path):
   r = run("exploding_gradients", tmp_path)
   none, clip = r["no help"], r["clip_norm"]
@@ -105,6 +107,7 @@ def test_copy_task(tmp_path):
   assert np.median(gru["copy_accuracy"]) > 0.25
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_keras_style_classifier(tmp_path):
   r = run("keras_style_classifier", tmp_path)
   assert 0.9 < r["bayes_accuracy"] < 1.0
@@ -112,6 +115,7 @@ def test_keras_style_classifier(tmp_path):
     assert r[kind]["test_accuracy"] > r["bayes_accuracy"] - 0.05, kind
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_digits_rows(tmp_path):
   pytest.importorskip("sklearn")
   r = run("digits_rows", tmp_path)
@@ -130,6 +134,7 @@ def test_pixel_digits(tmp_path):
   assert os.path.exists(tmp_path / "pixel_digits.png")
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_sunspots(tmp_path):
   pytest.importorskip("statsmodels")
   r = run("sunspots", tmp_path)

@@ -206,6 +206,7 @@ def test_dispatch_and_errors():
     rj.scan(lstm, params, xs, impl="fast")
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_second_order_and_forward_mode(x64):
   """grad-of-grad through the fused path matches the reference; forward mode
   (impl="reference") agrees with the fused gradient."""

@@ -129,6 +129,7 @@ def _identity_top(H):
   return {"w_i": jnp.eye(H), "w_h": jnp.zeros((H, H)), "b": jnp.zeros((H,))}
 
 
+@pytest.mark.slow  # compile-heavy on 2 cores; `python -m pytest -q` (the whole suite) runs it
 def test_stack_dropout_train_eval_and_rate():
   H, rate = 16, 0.3
   rng = np.random.default_rng(3)
