@@ -2,7 +2,9 @@
 
 For a set of cells spanning contracting to chaotic dynamics (tanh RNNs with
 recurrent gain 0.5-2.0, IRNNs with identity scale 0.8-1.1, an LSTM and a GRU
-at init), driven by Gaussian inputs:
+at init, driven by Gaussian inputs; and an LSTM and a GRU after training on
+the adding problem (T = 50, ``--train-steps`` Adam updates), driven by
+adding-problem inputs):
 
 * the largest Lyapunov exponent ``lambda_1`` by QR re-orthonormalisation
   (``rnnjax.diagnostics.lyapunov_exponents``) and the solver's own cheap
@@ -39,8 +41,41 @@ from rnnjax import parallel
 from rnnjax.parallel import _newton
 
 
-def configs(H):
-  """(name, cell, params) for every configuration."""
+def gaussian_inputs(T):
+  return jax.random.normal(jax.random.PRNGKey(T), (T, 1))
+
+
+def adding_inputs(T):
+  """One adding-problem sequence ``[T, 2]`` (value, marker)."""
+  from rnnjax import train
+  b = train.adding_problem(1, length=T, seed=np.random.default_rng(T))
+  return jnp.asarray(b.x[0], jnp.float32)
+
+
+def trained(cell, steps, T=50, batch=32, seed=0):
+  """``cell``'s params after ``steps`` Adam updates (lr 1e-2, clip 1) on the adding problem."""
+  import optax
+  from rnnjax import train
+  model = rj.SequenceModel([cell], rj.Dense(1))
+  params = model.init(jax.random.PRNGKey(seed), 2)
+  opt = train.optimizer("adam", 1e-2, clip_norm=1.0)
+  state = opt.init(params)
+  rng = np.random.default_rng(seed)
+
+  @jax.jit
+  def step(params, state, x, y):
+    loss, g = jax.value_and_grad(lambda q: train.mse(model.apply(q, x), y))(params)
+    u, state = opt.update(g, state, params)
+    return optax.apply_updates(params, u), state, loss
+  loss = float("nan")
+  for _ in range(steps):
+    b = train.adding_problem(batch, length=T, seed=rng)
+    params, state, loss = step(params, state, jnp.asarray(b.x), jnp.asarray(b.y))
+  return params["layers"][0], float(loss)
+
+
+def configs(H, train_steps=0):
+  """(name, cell, params, inputs) for every configuration; ``inputs(T) -> xs [T, I]``."""
   key = jax.random.PRNGKey(0)
   out = []
   for gain in (0.5, 1.0, 1.5, 2.0):
@@ -48,16 +83,22 @@ def configs(H):
     p = cell.init(key, 1)
     p["w_h"] = gain * p["w_h"]
     p["w_i"] = 0.5 * p["w_i"]
-    out.append((f"tanh gain {gain}", cell, p))
+    out.append((f"tanh gain {gain}", cell, p, gaussian_inputs))
   for scale in (0.8, 1.1):
     # IRNN (Le et al. 2015): a ReLU RNN from W = scale * I; one ReLU SimpleRNN
     # class for both scales, so the two share their compiled solves.
     cell = rj.SimpleRNN(H, activation="relu")
     p = rj.IRNN(H, identity_scale=scale).init(key, 1)
     p["w_i"] = 0.1 * jax.random.normal(key, p["w_i"].shape)
-    out.append((f"IRNN scale {scale}", cell, p))
+    out.append((f"IRNN scale {scale}", cell, p, gaussian_inputs))
   for name, cell in (("LSTM init", rj.LSTM(H)), ("GRU init", rj.GRU(H))):
-    out.append((name, cell, cell.init(key, 1)))
+    out.append((name, cell, cell.init(key, 1), gaussian_inputs))
+  if train_steps:
+    for name, cell in (("LSTM trained", rj.LSTM(H)), ("GRU trained", rj.GRU(H))):
+      p, loss = trained(cell, train_steps)
+      print(f"  {name}: adding problem T=50, {train_steps} Adam steps, last batch MSE {loss:.4f} "
+            "(baseline 1/6)", flush=True)
+      out.append((name, cell, p, adding_inputs))
   return out
 
 
@@ -90,12 +131,17 @@ def main(argv=None):
   ap.add_argument("--hidden", type=int, default=None)
   ap.add_argument("--lengths", type=str, default=None, help="comma-separated T values")
   ap.add_argument("--max-iters", type=int, default=None)
+  ap.add_argument("--train-steps", type=int, default=None,
+                  help="adding-problem updates for the trained LSTM/GRU (default 1000; quick 0: none)")
+  ap.add_argument("--methods", type=str, default=None, help="comma-separated subset of the methods")
+  ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
   args = ap.parse_args(argv)
   H = _common.pick(args, "hidden", 8, 4)
   Ts = [int(t) for t in (args.lengths or ("64,128" if args.quick else "256,1024,4096")).split(",")]
   cap = _common.pick(args, "max_iters", 300, 64)
-  methods = ("deer", "quasi_deer") if args.quick else parallel.METHODS
-  cfgs = configs(H)
+  methods = tuple(args.methods.split(",")) if args.methods else (
+      ("deer", "quasi_deer") if args.quick else parallel.METHODS)
+  cfgs = configs(H, _common.pick(args, "train_steps", 1000, 0))
   if args.quick:
     cfgs = [cfgs[i] for i in (0, 3, 6)]
   # Measure iterations instead of letting the guard stop the solve.
@@ -103,9 +149,9 @@ def main(argv=None):
   _newton.LYAPUNOV_THRESHOLD = math.inf
   rows, results = [], []
   try:
-    for name, cell, p in cfgs:
+    for name, cell, p, inputs in cfgs:
       for T in Ts:
-        xs = jax.random.normal(jax.random.PRNGKey(T), (T, 1))
+        xs = inputs(T)
         lam = float(rj.diagnostics.lyapunov_exponents(cell, p, xs, k=1, warmup=min(64, T // 4))[0])
         c_ref, y_ref = rj.scan(cell, p, xs, impl="reference")
         for m in methods:
@@ -131,6 +177,10 @@ def main(argv=None):
     _newton.LYAPUNOV_THRESHOLD = saved
   print(_common.table(rows, ("config", "T", "method", "lambda_1", "estimate", "iterations",
                              "residual", "max|y-y_seq|", "s (incl. compile)")))
+  if args.json:
+    import json
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
   if not args.no_plot:
     plot(results, Ts, methods, args)
   return {"results": results}
