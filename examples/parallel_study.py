@@ -179,6 +179,8 @@ def main(argv=None):
                              "residual", "max|y-y_seq|", "s (incl. compile)")))
   if args.json:
     import json
+    import os
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)
   if not args.no_plot:
