@@ -131,28 +131,19 @@ def diagonal_kalman_smoother(F, u, y, m0, q, r):
     return Aij, bij, Cij, eij, Jij
 
   _, m, P, _, _ = jax.lax.associative_scan(f_combine, (A, b, C, eta, J))
-  # Smoothing elements (E, g, L): x_t = E_t x_{t+1} + g_t + N(0, L_t).
+  # Smoothing elements (E, g): x_t = E_t x_{t+1} + g_t (+ noise, not needed for the mean).
   Fn = jnp.concatenate([F[1:], jnp.zeros_like(F[:1])])
   un = jnp.concatenate([u[1:], jnp.zeros_like(u[:1])])
   qn = q
   pred = Fn * P * Fn + qn
   E = P * Fn / pred
   g = m - E * (Fn * m + un)
-  L = P - E * Fn * P
   last = T - 1
   E = E.at[last].set(0.0)
   g = g.at[last].set(m[last])
-  L = L.at[last].set(P[last])
-
-  def s_combine(ei, ej):
-    Ei, gi, Li = ei
-    Ej, gj, Lj = ej
-    return Ei * Ej, Ei * gj + gi, Ei * Lj * Ei + Li
-
-  # With reverse=True, associative_scan calls fn(later_in_time, earlier_in_time).
-  _, xs, _ = jax.lax.associative_scan(
-      lambda later, earlier: s_combine(earlier, later), (E, g, L), reverse=True)
-  return xs
+  # x_t = E_t x_{t+1} + g_t backwards from x_{T-1} = g_{T-1} (E_{T-1} = 0); the
+  # smoothed covariances are not needed for the mean.
+  return diagonal_scan(E, g, jnp.zeros_like(m[0]), reverse=True)
 
 
 def _mv(M, v):
@@ -216,7 +207,8 @@ def kalman_smoother(F, u, y, m0, q, r):
   the filtered means and covariances ``m_t, P_t``. Smoothing elements
   ``E_t = P_t F_{t+1}^T (F_{t+1} P_t F_{t+1}^T + q I)^{-1}``,
   ``g_t = m_t - E_t (F_{t+1} m_t + u_{t+1})`` (``E = 0``, ``g = m`` at the
-  last step), combined by ``(E_i E_j, E_i g_j + g_i)`` backwards in time.
+  last step): the backward affine recursion ``x_t = E_t x_{t+1} + g_t``, run by
+  :func:`affine_scan` (``reverse=True``).
 
   Returns the smoothed means ``[T, D]`` -- the minimiser of
   ``sum_t |x_t - F_t x_{t-1} - u_t|^2 / q + |x_t - y_t|^2 / r``.
@@ -270,13 +262,5 @@ def kalman_smoother(F, u, y, m0, q, r):
   E = E.at[last].set(0.0)
   g = g.at[last].set(m[last])
 
-  def s_combine(ei, ej):
-    # ei earlier in time, ej later: x_i = E_i (E_j x + g_j) + g_i.
-    Ei, gi = ei
-    Ej, gj = ej
-    return Ei @ Ej, _mv(Ei, gj) + gi
-
-  # With reverse=True, associative_scan calls fn(later_in_time, earlier_in_time).
-  _, xs = jax.lax.associative_scan(
-      lambda later, earlier: s_combine(earlier, later), (E, g), reverse=True)
-  return xs
+  # x_t = E_t x_{t+1} + g_t backwards from x_{T-1} = g_{T-1} (E_{T-1} = 0).
+  return affine_scan(E, g, jnp.zeros_like(m0), reverse=True)
