@@ -120,11 +120,16 @@ def apply_gradients(optimizer: optax.GradientTransformation, params, opt_state, 
   return (_select(ok, new_params, params), _select(ok, new_opt_state, opt_state), ok, grad_norm)
 
 
+def clip_fired(opt_state):
+  """Whether a ``clip_by_global_norm`` stage of ``opt_state`` clipped its last update."""
+  clips = find_state(opt_state, ClipByGlobalNormState)
+  return jnp.any(jnp.stack([c.clipped for c in clips])) if clips else jnp.bool_(False)
+
+
 def update_metrics(opt_state, ok, skipped):
   """``clipped`` (a clip_by_global_norm stage fired in an ok update) and ``skipped``
   (the loop's count plus the non-finite updates caught by ``optax.apply_if_finite``)."""
-  clips = find_state(opt_state, ClipByGlobalNormState)
-  clipped = ok & (jnp.any(jnp.stack([c.clipped for c in clips])) if clips else False)
+  clipped = ok & clip_fired(opt_state)
   opt_skips = sum((s.total_notfinite.astype(jnp.int32)
                    for s in find_state(opt_state, optax.ApplyIfFiniteState)), jnp.int32(0))
   return {"clipped": clipped, "skipped": skipped + opt_skips}

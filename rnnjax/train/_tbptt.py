@@ -50,8 +50,7 @@ import optax
 
 from rnnjax import _checks
 from rnnjax.train._losses import LOSSES, accuracy, unpack_batch
-from rnnjax.train._optim import ClipByGlobalNormState, find_state
-from rnnjax.train._step import _RESERVED, TrainState, apply_gradients, update_metrics
+from rnnjax.train._step import _RESERVED, TrainState, apply_gradients, clip_fired, update_metrics
 
 
 def check_tbptt(K) -> int:
@@ -142,11 +141,6 @@ def model_initial_carry(model, batch_shape, dtype=None):
   return tuple(l.initial_carry(tuple(batch_shape), dtype) for l in model.layers)
 
 
-def _clip_fired(opt_state):
-  clips = find_state(opt_state, ClipByGlobalNormState)
-  return jnp.any(jnp.stack([c.clipped for c in clips])) if clips else jnp.bool_(False)
-
-
 def _run_chunks(loss_fn, optimizer, K, initial_carry, params, opt_state, batch, key, lr_scale):
   """The chunk loop (see the module doc): ``(params, opt_state, per_chunk)``.
 
@@ -189,7 +183,7 @@ def _run_chunks(loss_fn, optimizer, K, initial_carry, params, opt_state, batch, 
     params, opt_state = sel(new_params, params), sel(new_opt, opt_state)
     applied = valid & ok
     out = {"loss": loss, "grad_norm": gnorm, "valid": valid, "applied": applied,
-           "clipped": applied & _clip_fired(opt_state), "aux": dict(aux)}
+           "clipped": applied & clip_fired(opt_state), "aux": dict(aux)}
     return (params, opt_state, jax.lax.stop_gradient(new_carry)), out
 
   (params, opt_state, _), per_chunk = jax.lax.scan(
