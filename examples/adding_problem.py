@@ -152,18 +152,14 @@ def main(argv=None) -> dict:
   p.add_argument("--lr", type=float, default=None,
                  help="Adam learning rate (default 1e-3; quick 1e-2)")
   p.add_argument("--clip-norm", type=float, default=1.0)
-  p.add_argument("--time-limit", type=float, default=None,
-                 help="stop every run at the same step once this many seconds have passed")
-  p.add_argument("--results", default=None,
-                 help="save the curves here (.npz) after every round (default OUT/adding_problem.npz)")
-  p.add_argument("--from-results", default=None, help="redraw table and figure from a saved .npz")
+  _common.add_run_args(p)
   p.add_argument("--stop-solved", type=float, default=None, metavar="MSE",
                  help="stop a cell/T once every seed's last-500-step mean MSE is below MSE "
                       "(default in --paper: 1/600, a tenth of the solved threshold)")
   args = p.parse_args(argv)
 
   if args.from_results:
-    curves, seconds, meta = _common.load_curves(args.from_results)
+    curves, seconds, meta = _common.load_curves(*args.from_results)
     summary = report(curves, seconds, meta, args)
     return {"summary": summary, "baseline": BASELINE, "meta": meta}
 

@@ -157,13 +157,11 @@ def main(argv=None) -> dict:
                  help="default rmsprop (decay 0.9); quick adam")
   p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3; quick 1e-2)")
   p.add_argument("--clip-norm", type=float, default=1.0)
-  p.add_argument("--time-limit", type=float, default=None)
-  p.add_argument("--results", default=None, help="save the curves here (.npz) after every round")
-  p.add_argument("--from-results", default=None, help="redraw table and figure from a saved .npz")
+  _common.add_run_args(p)
   args = p.parse_args(argv)
 
   if args.from_results:
-    curves, seconds, meta = _common.load_curves(args.from_results)
+    curves, seconds, meta = _common.load_curves(*args.from_results)
     return {"summary": report(curves, seconds, meta, args), "meta": meta}
 
   paper, quick = args.paper, args.quick

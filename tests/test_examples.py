@@ -174,9 +174,10 @@ def test_nnx_model_trains_with_nnx_optimizer_and_is_diagnosed(tmp_path):
 
 
 @pytest.mark.slow
-def test_members_equal_separate_runs():
-  # Seeds trained together (vmap, lr scaled after a rate-1 optimizer) against a plain
-  # loop of rnnjax.train.optimizer updates per seed, with the same keys and batches.
+@pytest.mark.parametrize("batching", ["map", "vmap"])
+def test_members_equal_separate_runs(batching):
+  # Seeds trained together (lax.map or vmap, lr scaled after a rate-1 optimizer) against
+  # a plain loop of rnnjax.train.optimizer updates per seed, with the same keys and batches.
   import jax
   import jax.numpy as jnp
   import optax
@@ -185,7 +186,9 @@ def test_members_equal_separate_runs():
   common, ap = load("_common"), load("adding_problem")
   model = rj.SequenceModel([rj.GRU(4)], rj.Dense(1))
   sample = lambda k: ap.sample(k, 3, 6)
-  m = common.Members(model, 2, ap.loss_fn, sample, seeds=[3, 5], lr=[1e-2, 3e-3], chunk=4)
+  m = common.Members(model, 2, ap.loss_fn, sample, seeds=[3, 5], lr=[1e-2, 3e-3], chunk=4,
+                     batching=batching)
+  assert m.batching == batching
   losses = m.advance()
   assert losses.shape == (2, 4) and m.curve.shape == (2, 4) and m.steps_done == 4
   for i, (seed, lr) in enumerate([(3, 1e-2), (5, 3e-3)]):
@@ -231,6 +234,37 @@ def test_curves_round_trip(tmp_path):
   curves, seconds, meta = common.load_curves(path)
   np.testing.assert_array_equal(curves["a@5"], Run.curve)
   assert seconds == {"a@5": 1.5} and meta == {"cells": ["a"], "x": 1}
+
+
+def test_results_of_two_runs_merge(tmp_path):
+  # One --lengths per run (e.g. on two machines), redrawn together.
+  common, ap = load("_common"), load("adding_problem")
+
+  class Run:
+    def __init__(self, level, steps):
+      self.curve, self.seconds = np.full((3, steps), level), 2.0
+
+  meta = {"cells": ["irnn", "tanh"], "seeds": [0, 1, 2], "hidden": 100, "lr": 1e-3}
+  a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+  common.save_curves(a, {"irnn@150": Run(0.001, 800), "tanh@150": Run(0.17, 1000)},
+                     {**meta, "lengths": [150], "steps_done": 1000})
+  common.save_curves(b, {"irnn@200": Run(0.17, 1200), "tanh@200": Run(0.17, 1200)},
+                     {**meta, "lengths": [200], "steps_done": 1200})
+  curves, seconds, merged = common.load_curves(b, a)
+  assert sorted(curves) == ["irnn@150", "irnn@200", "tanh@150", "tanh@200"]
+  assert merged["lengths"] == [150, 200] and merged["steps_done"] == 1200
+  r = ap.main(["--from-results", a, b, "--no-plot", "--out", str(tmp_path)])
+  s = r["summary"]
+  assert s["irnn@150"]["steps"] == 800 and s["irnn@150"]["crossing"] == [100] * 3
+  assert s["tanh@200"]["crossing"] == [None] * 3
+  np.testing.assert_allclose(s["tanh@200"]["final_mse"], 0.17)
+  # Overlapping runs or other settings are refused, naming the file.
+  with pytest.raises(ValueError, match="repeats runs"):
+    common.load_curves(a, a)
+  c = str(tmp_path / "c.npz")
+  common.save_curves(c, {"irnn@300": Run(0.1, 10)}, {**meta, "hidden": 50, "lengths": [300]})
+  with pytest.raises(ValueError, match="hidden 100 vs 50"):
+    common.load_curves(a, c)
 
 
 def test_adding_sample_law():
