@@ -36,7 +36,7 @@ solves it after 1,100 steps: the paper's finding, at T = 150. T = 200-400
 ``examples/README.md`` has the table and the figure.
 
 Each cell/T is one ``_common.Members`` program: its seeds are trained together
-in one jitted, vmapped program (independent initialisations and data). The
+in one jitted program (independent initialisations and data). The
 "final MSE" of a run is its mean training MSE over the last min(500, steps/4)
 steps (each step sees a fresh batch, so this is an unbiased test estimate: on
 16,000 sequences for the last 500 steps); the crossing step is the end of the first 100-step window whose

@@ -30,7 +30,7 @@ i.e. in the first stage of the papers' curves, so the LSTM's T = 100 result is
 not tested. ``examples/README.md`` has the table and the figure.
 
 Each cell/T is one ``_common.Members`` program (its seeds trained together in
-one jitted, vmapped program). The "final CE" is the mean training
+one jitted program). The "final CE" is the mean training
 cross-entropy over the last min(500, steps/4) steps (fresh batches: an unbiased test
 estimate); the crossing step is the end of the first 100-step window whose
 mean CE is below half the baseline. The copy accuracy (the 10 recalled

@@ -32,7 +32,7 @@ overtakes at the paper's budget is not tested. ``examples/README.md`` has the
 table and the figure.
 
 Each cell is one ``_common.Members`` program (its seeds trained together in
-one jitted, vmapped program). The test accuracy is measured on the 450 test
+one jitted program). The test accuracy is measured on the 450 test
 images at the end; the crossing step is the end of the first 100-step window
 whose mean training cross-entropy is below ``--threshold`` (default 0.5).
 
