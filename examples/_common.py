@@ -98,7 +98,9 @@ def make_cell(name: str, hidden: int):
           "irnn": lambda: rj.IRNN(hidden),
           "lstm": lambda: rj.LSTM(hidden),
           "gru": lambda: rj.GRU(hidden),
-          "indrnn": lambda: rj.IndRNN(hidden)}[name]()
+          "indrnn": lambda: rj.IndRNN(hidden),
+          "mingru": lambda: rj.MinGRU(hidden),
+          "lru": lambda: rj.LRU(hidden)}[name]()
 
 
 # ---------------------------------------------------------------------------

@@ -55,10 +55,14 @@ import rnnjax as rj
 from rnnjax import train
 
 NUM_SYMBOLS, NUM_COPY = 8, 10
-CELLS = ("lstm", "gru", "tanh", "irnn")
-EXTRA_CELLS = ("indrnn",)          # available with --cells, not in the measured default
-LABELS = {"lstm": "LSTM", "gru": "GRU", "tanh": "tanh RNN", "irnn": "IRNN", "indrnn": "IndRNN"}
-PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80, "indrnn": 128}
+CELLS = ("lstm", "gru", "tanh", "irnn", "indrnn", "mingru", "lru")
+LABELS = {"lstm": "LSTM", "gru": "GRU", "tanh": "tanh RNN", "irnn": "IRNN", "indrnn": "IndRNN",
+          "mingru": "minGRU", "lru": "LRU"}
+# The papers' sizes (about equal parameter counts with the LSTM's 40 units: 8,160
+# recurrent-layer weights), IndRNN at Li et al.'s 128, minGRU at 128 (its 22 H weights
+# read only the input), LRU at 56 (3 I H + 5 H + 2 H^2 = 8,120).
+PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80, "indrnn": 128, "mingru": 128,
+                "lru": 56}
 WINDOW, FINAL, THRESHOLD = 100, 500, 0.5
 
 
@@ -145,11 +149,12 @@ def main(argv=None) -> dict:
                  help="Arjovsky et al.'s grid: T 100 200 500, paper hidden sizes, RMSProp 1e-3, "
                       "batch 20, 3 seeds, 10,000 steps")
   p.add_argument("--lengths", type=int, nargs="+", default=None, help="delays T")
-  p.add_argument("--cells", nargs="+", default=None, choices=CELLS + EXTRA_CELLS,
-                 help="default: lstm gru tanh irnn; also indrnn (IndRNN 128, Li et al. 2018)")
+  p.add_argument("--cells", nargs="+", default=None, choices=CELLS,
+                 help="default: all (quick: gru tanh)")
   p.add_argument("--steps", type=int, default=None, help="updates per run")
   p.add_argument("--hidden", type=int, default=None,
-                 help="one hidden size for every cell (default: LSTM 40, GRU 48, tanh 80, IRNN 80)")
+                 help="one hidden size for every cell (default: LSTM 40, GRU 48, tanh 80, IRNN 80, "
+                      "IndRNN 128, minGRU 128, LRU 56)")
   p.add_argument("--num-copy", type=int, default=None, help="symbols to copy, n (default 10)")
   p.add_argument("--seeds", type=int, default=None, help="seeds per cell and T")
   p.add_argument("--batch-size", type=int, default=None, help="default 20 (quick 64)")

@@ -86,6 +86,18 @@ class LinearRecurrentCell(RNNCell):
 
   # -- the cell protocol (rnnjax._cells), derived from the recurrence -------------
   h_blocks = ()   # no recurrent matmul: a_t, b_t read the input only
+  fused_on_cpu = True   # measured per cell: see prefers_fused
+
+  def prefers_fused(self, backend: str) -> bool:
+    """The fused path except on CPU for the cells whose ``fused_on_cpu`` is False.
+
+    Measured on XLA:CPU (one Zen 3 core; B, T, I, H = 8, 256, 16, 32 / 20, 120,
+    10, 128 / 16, 128, 64, 512), fused over reference time, forward+backward:
+    MinGRU 0.98 / 1.28 / 1.06, MinLSTM 1.38 / 1.83 / 1.62 (forward alone
+    0.92-1.16: a tie), LRU 0.81 / 0.80 / 0.91. So MinGRU and MinLSTM take the
+    reference path on CPU, LRU the fused one.
+    """
+    return backend != "cpu" or self.fused_on_cpu
 
   def fused_params(self, params) -> FusedParams:
     """Input weights and bias; the whole params dict is handed to the gate math."""
@@ -124,6 +136,7 @@ class MinGRU(LinearRecurrentCell):
 
   num_gates = 2
   pre_blocks = ("z", "h")
+  fused_on_cpu = False
 
   def init(self, key, input_size: int) -> Params:
     """Returns ``{"w_i": [I, 2H], "b": [2H]}``."""
@@ -140,8 +153,11 @@ class MinGRU(LinearRecurrentCell):
     return log_a, log_b
 
   def linear_recurrence(self, params, xp):
-    log_a, log_b = self.log_recurrence(params, xp)
-    return jnp.exp(log_a), jnp.exp(log_b)
+    # exp of log_recurrence, written directly: two sigmoids instead of three
+    # softplus, a log and two exps per element (3.3x faster forward steps on CPU).
+    H = self.hidden_size
+    k, v = xp[..., :H], xp[..., H:]
+    return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * _g(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +187,7 @@ class MinLSTM(LinearRecurrentCell):
 
   num_gates = 3
   pre_blocks = ("f", "i", "h")
+  fused_on_cpu = False
 
   def named_gates(self, pre):
     return (NamedGate("f", pre[0], jax.nn.sigmoid), NamedGate("i", pre[1], jax.nn.sigmoid),
@@ -190,8 +207,11 @@ class MinLSTM(LinearRecurrentCell):
     return -jax.nn.softplus(d), -jax.nn.softplus(-d) + _log_g(v)
 
   def linear_recurrence(self, params, xp):
-    log_a, log_b = self.log_recurrence(params, xp)
-    return jnp.exp(log_a), jnp.exp(log_b)
+    # exp of log_recurrence, written directly (f' = sigmoid(-d), i' = sigmoid(d)).
+    H = self.hidden_size
+    kf, ki, v = xp[..., :H], xp[..., H:2 * H], xp[..., 2 * H:]
+    d = jax.nn.softplus(-kf) - jax.nn.softplus(-ki)
+    return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * _g(v)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -195,6 +195,10 @@ def test_dispatch_and_errors():
   assert rj.auto_plan(rj.GRU(4), "cpu") == ("fused", "hoisted")
   assert rj.auto_plan(rj.GRU(256), "cpu") == ("reference", "inloop")
   assert rj.auto_plan(rj.IndRNN(4), "cpu") == ("fused", "hoisted")
+  assert rj.auto_plan(rj.MinGRU(4), "cpu") == ("reference", "inloop")
+  assert rj.auto_plan(rj.MinLSTM(4), "cpu") == ("reference", "inloop")
+  assert rj.auto_plan(rj.MinGRU(4), "gpu")[0] == "fused"
+  assert rj.auto_plan(rj.LRU(4), "cpu")[0] == "fused"
   assert rj.default_input_projection("cpu", cell=rj.GRU(4)) == "hoisted"
   assert rj.default_input_projection("cpu", cell=lstm) == "inloop"
   assert "custom_vjp" not in str(jax.make_jaxpr(lambda p, x: rj.scan(jordan, p, x))(pj, xs))

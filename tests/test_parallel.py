@@ -125,14 +125,19 @@ def _g(v):
   return np.where(v >= 0, v + 0.5, _sigmoid(v))
 
 
-def test_min_cells_and_lru_match_float64_numpy_equations(x64):
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_min_cells_and_lru_match_float64_numpy_equations(x64, scale):
+  # The log-space associative scan and the step-by-step scan (the direct form of
+  # linear_recurrence) against the papers' equations; scale 40 drives the gates
+  # deep into saturation.
   key = jax.random.PRNGKey(0)
-  xs = np.random.default_rng(2).normal(size=(7, 3))
+  xs = scale * np.random.default_rng(2).normal(size=(7, 3))
   H = 4
   for cell in (rj.MinGRU(H, param_dtype=jnp.float64), rj.MinLSTM(H, param_dtype=jnp.float64),
                rj.LRU(H, r_min=0.4, param_dtype=jnp.float64)):
     p = jax.tree_util.tree_map(np.asarray, cell.init(key, 3))
     _, ys = parallel.linear_scan(cell, p, jnp.asarray(xs))
+    _, ys_seq = rj.scan(cell, p, jnp.asarray(xs), impl="reference")
     h, ref = np.zeros(H, complex if isinstance(cell, rj.LRU) else float), []
     for x in xs:
       if isinstance(cell, rj.MinGRU):
@@ -152,6 +157,7 @@ def test_min_cells_and_lru_match_float64_numpy_equations(x64):
         C = p["c_re"] + 1j * p["c_im"]
         ref.append(np.real(h @ C) + x @ p["w_i"][:, 2 * H:])
     np.testing.assert_allclose(np.asarray(ys), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(ys_seq), ref, rtol=1e-10, atol=1e-12)
 
 
 def test_lru_ring_initialisation():
