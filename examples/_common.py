@@ -329,13 +329,13 @@ def save_curves(path, runs, meta):
 def load_curves(*paths):
   """``(curves, seconds, meta)`` as saved by :func:`save_curves`, from one file or
   several runs of the same setting (e.g. one ``--lengths`` each) merged: their
-  cell/T keys must not overlap, their settings (everything in ``meta`` but the
-  cells, the lengths and the progress) must agree, and ``meta`` lists the union
-  of their cells and lengths."""
+  cell/T keys must not overlap and their settings must agree. In the merged
+  ``meta`` the cells and lengths are the union, ``steps_done`` the largest,
+  ``wall_seconds`` the sum, and dict entries (per-cell hidden sizes, per-run
+  accuracies) are united where they agree on common keys."""
   import json
   import numpy as np
   curves, seconds, meta = {}, {}, None
-  merged = ("cells", "lengths", "steps_done")
   for path in paths:
     z = np.load(path)
     c = {k[6:]: z[k] for k in z.files if k.startswith("curve/")}
@@ -348,17 +348,26 @@ def load_curves(*paths):
     if meta is None:
       meta = m
       continue
-    differ = sorted(k for k in set(meta) | set(m)
-                    if k not in merged and meta.get(k) != m.get(k))
+    differ = []
+    for k in sorted(set(meta) | set(m)):
+      a, b = meta.get(k), m.get(k)
+      if k in ("cells", "lengths"):
+        meta[k] = list(a or []) + [v for v in (b or []) if v not in (a or [])]
+      elif k == "steps_done":
+        meta[k] = max(a or 0, b or 0)
+      elif k == "wall_seconds":
+        meta[k] = (a or 0.0) + (b or 0.0)
+      elif a == b:
+        continue
+      elif isinstance(a, dict) and isinstance(b, dict) and all(a[j] == b[j] for j in set(a) & set(b)):
+        meta[k] = {**a, **b}
+      else:
+        differ.append(f"{k} {a!r} vs {b!r}")
     if differ:
       raise ValueError(f"results: {path} was run with other settings than {paths[0]}: "
-                       + ", ".join(f"{k} {meta.get(k)!r} vs {m.get(k)!r}" for k in differ))
-    for k in ("cells", "lengths"):
-      if k in m:
-        meta[k] = list(meta.get(k, [])) + [v for v in m[k] if v not in meta.get(k, [])]
+                       + ", ".join(differ))
     if "lengths" in meta:
       meta["lengths"] = sorted(meta["lengths"])
-    meta["steps_done"] = max(meta.get("steps_done", 0), m.get("steps_done", 0))
   if meta is None:
     raise ValueError("results: give at least one file")
   return curves, seconds, meta

@@ -18,8 +18,12 @@ at T = 100 and that the tanh RNN and the IRNN stay at the baseline, while
 their unitary RNN solves every T. Henaff et al. explain the plateau: the
 baseline is a strong local optimum that gated and simple RNNs find first.
 
-Our setting (``--paper``): T = 100, 200, 500; LSTM 40, tanh RNN 80, IRNN 80 and
-a GRU 48 (about the LSTM's parameter count); RMSProp 1e-3 (decay 0.9) with
+Our setting (``--paper``): T = 100, 200, 500; LSTM 40, tanh RNN 80, IRNN 80,
+a GRU 48 (about the LSTM's parameter count), and three cells the papers did
+not have: IndRNN 128 (Li et al. 2018's width), minGRU 128 (Feng et al. 2024;
+its gates read only the input, 22 x 128 weights) and LRU 56 (Orvieto et al.
+2023; 8,120 weights, the LSTM's 8,160), each one layer with a linear
+read-out; RMSProp 1e-3 (decay 0.9) with
 global-norm clipping 1 (``rnnjax.train.optimizer("rmsprop", 1e-3,
 decay=0.9, clip_norm=1.0)``), fresh batches of 20, 10,000 steps, 3 seeds.
 

@@ -265,6 +265,15 @@ def test_results_of_two_runs_merge(tmp_path):
   common.save_curves(c, {"irnn@300": Run(0.1, 10)}, {**meta, "hidden": 50, "lengths": [300]})
   with pytest.raises(ValueError, match="hidden 100 vs 50"):
     common.load_curves(a, c)
+  # Per-run results in meta (the copy task's accuracies) are united; wall times add up.
+  d, e = str(tmp_path / "d.npz"), str(tmp_path / "e.npz")
+  common.save_curves(d, {"lstm@100": Run(0.1, 10)}, {"lengths": [100], "hidden": {"lstm": 40},
+                     "copy_accuracy": {"lstm@100": [0.5]}, "wall_seconds": 3.0})
+  common.save_curves(e, {"lstm@200": Run(0.1, 10)}, {"lengths": [200], "hidden": {"lstm": 40},
+                     "copy_accuracy": {"lstm@200": [0.2]}, "wall_seconds": 4.0})
+  merged = common.load_curves(d, e)[2]
+  assert merged["copy_accuracy"] == {"lstm@100": [0.5], "lstm@200": [0.2]}
+  assert merged["wall_seconds"] == 7.0 and merged["hidden"] == {"lstm": 40}
 
 
 def test_adding_sample_law():
