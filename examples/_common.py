@@ -241,6 +241,19 @@ def train_round_robin(runs, *, steps, time_limit=None, on_round=None, log=print,
   return max(r.steps_done for r in runs.values())
 
 
+def all_seeds_below(limit, final=500):
+  """A ``finished(run)`` for :func:`train_round_robin`: True once the mean loss of
+  every seed over its last ``final`` steps is below ``limit`` (a number, or a
+  function ``run -> number`` for per-run limits)."""
+  import numpy as np
+
+  def finished(run):
+    c = run.curve
+    bound = limit(run) if callable(limit) else limit
+    return c.shape[1] >= final and bool((np.mean(c[:, -final:], axis=1) < bound).all())
+  return finished
+
+
 def member(params, i):
   """Member ``i`` of stacked parameters (e.g. ``Members.params``)."""
   import jax

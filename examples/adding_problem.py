@@ -195,10 +195,7 @@ def main(argv=None) -> dict:
   stop_mse = args.stop_solved if args.stop_solved is not None else (SOLVED / 10 if paper else None)
   meta["stop_solved"] = stop_mse
 
-  def finished(run):
-    c = run.curve
-    return (stop_mse is not None and c.shape[1] >= FINAL
-            and bool((c[:, -FINAL:].mean(axis=1) < stop_mse).all()))
+  finished = None if stop_mse is None else _common.all_seeds_below(stop_mse, FINAL)
 
   with _common.Timer() as total:
     done = _common.train_round_robin(runs, steps=steps, time_limit=args.time_limit,

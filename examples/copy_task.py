@@ -41,7 +41,9 @@ mean CE is below half the baseline. The copy accuracy (the 10 recalled
 symbols, chance 1/8) is measured on 1,000 fresh sequences at the end.
 
 Run: ``python examples/copy_task.py`` (a few minutes), ``--paper``,
-``--time-limit S``, ``--from-results FILE`` (as in ``adding_problem.py``).
+``--time-limit S``, ``--from-results FILE ...`` (as in ``adding_problem.py``),
+``--stop-solved RATIO`` (stop a cell/T once every seed's last-500-step mean
+CE is below RATIO x baseline; default in ``--paper``: 0.01).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ LABELS = {"lstm": "LSTM", "gru": "GRU", "tanh": "tanh RNN", "irnn": "IRNN", "ind
 PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80, "indrnn": 128, "mingru": 128,
                 "lru": 56}
 WINDOW, FINAL, THRESHOLD = 100, 500, 0.5
+STOP_RATIO = 0.01   # --paper stops a cell/T once every seed is below 1% of the baseline
 
 
 def baseline(delay, num_copy=NUM_COPY):
@@ -105,7 +108,8 @@ def report(curves, seconds, meta, args):
   steps = max(v["steps"] for v in summary.values())
   print(f"\nFinal cross-entropy / baseline (mean of the last {_common.final_window(steps, FINAL)} "
         "training steps), median "
-        f"[min, max] over {len(meta['seeds'])} seeds, {steps} steps; copy accuracy "
+        f"[min, max] over {len(meta['seeds'])} seeds, {steps} steps (@N: stopped at step N, "
+        f"every seed below {meta.get('stop_solved')} x baseline); copy accuracy "
         "(median over seeds, chance 12.5%):")
   rows = []
   for name in cells:
@@ -114,7 +118,8 @@ def report(curves, seconds, meta, args):
       s = summary[f"{name}@{T}"]
       acc = s["copy_accuracy"]
       row.append(_common.spread(s["ratio"], "{:.3f}")
-                 + (f", {100 * np.median(acc):.1f}%" if acc is not None else ""))
+                 + (f", {100 * np.median(acc):.1f}%" if acc is not None else "")
+                 + (f" @{s['steps']}" if s["steps"] != steps else ""))  # stopped: solved
     rows.append(row)
   print(_common.table(rows, ["cell"] + [f"T={T} (baseline {baseline(T, n):.4f})"
                                         for T in lengths]))
@@ -167,6 +172,9 @@ def main(argv=None) -> dict:
   p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3; quick 1e-2)")
   p.add_argument("--clip-norm", type=float, default=1.0)
   _common.add_run_args(p)
+  p.add_argument("--stop-solved", type=float, default=None, metavar="RATIO",
+                 help="stop a cell/T once every seed's last-500-step mean CE is below RATIO x "
+                      f"baseline (default in --paper: {STOP_RATIO})")
   args = p.parse_args(argv)
 
   if args.from_results:
@@ -205,9 +213,16 @@ def main(argv=None) -> dict:
   results = args.results or (None if quick else os.path.join(args.out, "copy_task.npz"))
   on_round = _common.curve_saver(results, runs, meta)
 
+  stop = args.stop_solved if args.stop_solved is not None else (STOP_RATIO if paper else None)
+  meta["stop_solved"] = stop
+  finished = None
+  if stop is not None:
+    limits = {id(runs[f"{c}@{T}"]): stop * baseline(T, n) for c in cells for T in lengths}
+    finished = _common.all_seeds_below(lambda r: limits[id(r)], FINAL)
+
   with _common.Timer() as total:
     done = _common.train_round_robin(runs, steps=steps, time_limit=args.time_limit,
-                                     on_round=on_round)
+                                     on_round=on_round, finished=finished)
   acc = {}
   for T in lengths:
     test = sample(jax.random.key(10**7 + args.seed), 1000, T, n)
