@@ -46,8 +46,8 @@ Run: ``python examples/adding_problem.py`` (a few minutes), ``--paper`` for
 the paper's grid, ``--time-limit S`` to stop all runs at the same step after S
 seconds, ``--stop-solved MSE`` to stop a cell/T once every seed's last-500-step
 mean MSE is below MSE (default in ``--paper``: 1/600; its curve then ends
-early), ``--from-results FILE`` to redraw the table and figure from a saved
-run.
+early), ``--from-results FILE [FILE ...]`` to redraw the table and figure
+from saved runs (e.g. one per ``--lengths``, merged).
 """
 
 from __future__ import annotations

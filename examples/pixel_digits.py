@@ -39,7 +39,7 @@ whose mean training cross-entropy is below ``--threshold`` (default 0.5).
 Needs ``pip install scikit-learn`` (the ``examples`` extra of rnnjax).
 
 Run: ``python examples/pixel_digits.py`` (a few minutes), ``--paper``,
-``--time-limit S``, ``--from-results FILE`` (as in ``adding_problem.py``).
+``--time-limit S``, ``--from-results FILE ...`` (as in ``adding_problem.py``).
 """
 
 from __future__ import annotations
