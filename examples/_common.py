@@ -204,10 +204,12 @@ class Members:
     return np.concatenate(self._curves, axis=1)
 
   def evaluate(self, fn):
-    """``fn(model, params) -> value`` applied to every member (vmapped)."""
+    """``fn(model, params) -> value`` (an array or a pytree of arrays) applied to
+    every member (vmapped); leaves come back as NumPy arrays ``[S, ...]``."""
     import jax
     import numpy as np
-    return np.asarray(jax.jit(jax.vmap(lambda p: fn(self.model, p)))(self.params))
+    out = jax.jit(jax.vmap(lambda p: fn(self.model, p)))(self.params)
+    return jax.tree_util.tree_map(np.asarray, out)
 
 
 def train_round_robin(runs, *, steps, time_limit=None, on_round=None, log=print,

@@ -100,6 +100,12 @@ def report(curves, seconds, meta, args):
                  _common.crossing_summary(s["crossing"])])
   print(_common.table(rows, ["cell", "test accuracy %", f"train CE (last {_common.final_window(steps, FINAL)} steps)",
                              f"first step CE < {meta['threshold']}"]))
+  if meta.get("saturation"):
+    print("\nSaturated fraction of (test image, step, unit) per nonlinearity (ReLU: unit off; "
+          "sigmoid outside [0.1, 0.9]; tanh |y| > 0.9), median [min, max] over seeds:")
+    for name in cells:
+      print(f"  {LABELS[name]}: " + ", ".join(
+          f"{g} {_common.spread(v, '{:.2f}')}" for g, v in meta["saturation"][name].items()))
   print("\nTraining time per cell (all seeds together): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
   if not args.no_plot:
@@ -175,7 +181,15 @@ def main(argv=None) -> dict:
   acc = {name: [float(v) for v in r.evaluate(
       lambda model, params: jnp.mean(jnp.argmax(model.logits(params, xt), -1) == yt))]
          for name, r in runs.items()}
-  meta = {**meta, "steps_done": done, "test_accuracy": acc, "wall_seconds": total.seconds}
+  # Why a run does not learn: how saturated each nonlinearity is on the test images
+  # (rnnjax.diagnostics.saturation; for the IRNN's ReLU, the fraction of units off).
+  from rnnjax import diagnostics
+  sat = {name: {g: [float(v) for v in vals] for g, vals in r.evaluate(
+      lambda model, params: {g: s.fraction for g, s in diagnostics.saturation(
+          model.layers[0], params["layers"][0], xt).items()}).items()}
+         for name, r in runs.items()}
+  meta = {**meta, "steps_done": done, "test_accuracy": acc, "saturation": sat,
+          "wall_seconds": total.seconds}
   if results:
     _common.save_curves(results, runs, meta)
   print(f"trained {done} steps per run in {total.seconds:.0f} s wall", flush=True)
