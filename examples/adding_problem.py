@@ -23,17 +23,19 @@ solved it, ``--stop-solved``). Single-seed runs of this setting reported by a
 user (another machine) had the IRNN at MSE 0.0009 at T = 150 (after 12k-20k
 steps) and 0.0032 at T = 400 after 20k steps (leaving the plateau near step
 17k), and the LSTM at 0.0033 at T = 200 by step 6k. On our 2-core EPYC a
-3-seed update at T = 150 costs 0.07 s (IRNN, tanh) to 0.34 s (LSTM) on one
-core, linear in T, so the full grid is roughly 12-20 core-hours.
+3-seed update at T = 200 costs 0.062 s (IRNN), 0.065 s (tanh), 0.25 s (LSTM)
+and 0.26 s (GRU) on one core, linear in T.
 
-What we measured over seeds (``--paper --lengths 150``, one core of a 2-core
-AMD EPYC, 1 h 43 min): at T = 150 the IRNN and the LSTM solve the task in all
-3 seeds (first 100-step mean below 1/60 after 4,100-6,800 steps; final MSE
-0.0014 [0.0012, 0.0016] and 0.0006 [0.0006, 0.0013]), the tanh RNN stays on
-the plateau for all 20,000 steps (0.1703 [0.1682, 0.1718]), and the GRU
-solves it after 1,100 steps: the paper's finding, at T = 150. T = 200-400
-(roughly 12-20 core-hours more on that CPU) are not measured yet;
-``examples/README.md`` has the table and the figure.
+What we measured over seeds (``--paper --lengths 150`` and ``--lengths 200``,
+one core each of a 2-core AMD EPYC, 6,196 s and 5,386 s wall): at T = 150 and
+at T = 200 the IRNN and the LSTM solve the task in all 3 seeds (first 100-step
+mean below 1/60 after 4,100-6,800 steps at T = 150 and 5,400-7,800 at T = 200;
+final MSE IRNN 0.0014 [0.0012, 0.0016] / 0.0013 [0.0008, 0.0020], LSTM 0.0006
+[0.0006, 0.0013] / 0.0011 [0.0010, 0.0015]), the tanh RNN stays on the plateau
+for all 20,000 steps (0.1703 [0.1682, 0.1718] / 0.1694 [0.1678, 0.1694]), and
+the GRU solves it after 1,100-1,600 steps: the paper's finding, at T = 150 and
+200. T = 300 and 400 (about 6 core-hours more on that CPU) are not measured
+yet; ``examples/README.md`` has the table and the figure.
 
 Each cell/T is one ``_common.Members`` program: its seeds are trained together
 in one jitted program (independent initialisations and data). The
