@@ -256,6 +256,17 @@ def all_seeds_below(limit, final=500):
   return finished
 
 
+def stop_tag(run_steps, steps, finals, stop):
+  """The table's mark for a run that ended before ``steps``: ``" @N"`` when every
+  seed's final loss is below ``stop`` (stopped as solved), ``" (N steps)"`` otherwise
+  (stopped by a time limit)."""
+  if run_steps == steps:
+    return ""
+  if stop is not None and max(finals) < stop:
+    return f" @{run_steps}"
+  return f" ({run_steps} steps)"
+
+
 def member(params, i):
   """Member ``i`` of stacked parameters (e.g. ``Members.params``)."""
   import jax

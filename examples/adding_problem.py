@@ -113,8 +113,8 @@ def report(curves, seconds, meta, args):
         f"below {meta.get('stop_solved')}):")
   def final(key):
     v = summary[key]
-    at = "" if v["steps"] == steps else f" @{v['steps']}"  # stopped early: every seed solved
-    return _common.spread(v["final_mse"]) + at
+    return _common.spread(v["final_mse"]) + _common.stop_tag(
+        v["steps"], steps, v["final_mse"], meta.get("stop_solved"))
   rows = [[LABELS[n]] + [final(f"{n}@{T}") for T in lengths] for n in cells]
   print(_common.table(rows, ["cell"] + [f"T={T}" for T in lengths]))
   print(f"\nFirst step whose {WINDOW}-step mean MSE < 1/60 (median over the seeds "
