@@ -155,7 +155,9 @@ def report(curves, seconds, meta, args):
       _common.plot_runs(ax, curves, {f"{n}@{T}": LABELS[n] for n in cells}, pw)
       ax.axhline(baseline(T, n), color="k", ls="--", lw=1, label=f"{n} ln 8 / (T + {2 * n})")
       ax.set(title=f"T = {T}", xlabel="step", yscale="log")
-    axes[0][0].set_ylabel(f"cross-entropy ({pw}-step means; median, min-max)")
+      ax.set_ylim(top=10 * baseline(T, n))   # diverged runs would hide the rest
+    axes[0][0].set_ylabel(f"cross-entropy ({pw}-step means; median, min-max;\n"
+                          "axis cut at 10x baseline)")
     axes[0][0].legend(fontsize=8)
     _common.savefig(fig, args, "copy_task.png")
   return summary
