@@ -200,17 +200,20 @@ class MinLSTM(LinearRecurrentCell):
     p["b"] = p["b"].at[:H].add(jnp.asarray(self.forget_bias, self.param_dtype))
     return p
 
-  def log_recurrence(self, params, xp):
+  def _gate_difference(self, xp):
+    """``(d, v)``: ``d = log i - log f = softplus(-k_f) - softplus(-k_i)``, so that
+    ``f' = sigmoid(-d)``, ``i' = sigmoid(d)``; ``v`` the candidate pre-activation."""
     H = self.hidden_size
     kf, ki, v = xp[..., :H], xp[..., H:2 * H], xp[..., 2 * H:]
-    d = jax.nn.softplus(-kf) - jax.nn.softplus(-ki)
+    return jax.nn.softplus(-kf) - jax.nn.softplus(-ki), v
+
+  def log_recurrence(self, params, xp):
+    d, v = self._gate_difference(xp)
     return -jax.nn.softplus(d), -jax.nn.softplus(-d) + _log_g(v)
 
   def linear_recurrence(self, params, xp):
-    # exp of log_recurrence, written directly (f' = sigmoid(-d), i' = sigmoid(d)).
-    H = self.hidden_size
-    kf, ki, v = xp[..., :H], xp[..., H:2 * H], xp[..., 2 * H:]
-    d = jax.nn.softplus(-kf) - jax.nn.softplus(-ki)
+    # exp of log_recurrence, written directly.
+    d, v = self._gate_difference(xp)
     return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * _g(v)
 
 
