@@ -77,14 +77,14 @@ import rnnjax as rj
 from rnnjax import train
 
 NUM_SYMBOLS, NUM_COPY = 8, 10
-CELLS = ("lstm", "gru", "tanh", "irnn", "indrnn", "mingru", "lru")
+CELLS = ("lstm", "gru", "tanh", "irnn", "indrnn", "indrnn-clip", "mingru", "lru")
 LABELS = {"lstm": "LSTM", "gru": "GRU", "tanh": "tanh RNN", "irnn": "IRNN", "indrnn": "IndRNN",
-          "mingru": "minGRU", "lru": "LRU"}
+          "indrnn-clip": "IndRNN |u|<=2^(1/L)", "mingru": "minGRU", "lru": "LRU"}
 # The papers' sizes (about equal parameter counts with the LSTM's 40 units: 8,160
 # recurrent-layer weights), IndRNN at Li et al.'s 128, minGRU at 128 (its 22 H weights
 # read only the input), LRU at 56 (3 I H + 5 H + 2 H^2 = 8,120).
-PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80, "indrnn": 128, "mingru": 128,
-                "lru": 56}
+PAPER_HIDDEN = {"lstm": 40, "gru": 48, "tanh": 80, "irnn": 80, "indrnn": 128,
+                "indrnn-clip": 128, "mingru": 128, "lru": 56}
 WINDOW, FINAL, THRESHOLD = 100, 500, 0.5
 STOP_RATIO = 0.01   # --paper stops a cell/T once every seed is below 1% of the baseline
 
@@ -102,6 +102,16 @@ def sample(key, batch_size, delay, num_copy):
   inp = jnp.concatenate([symbols, blank], axis=1).at[:, delay + n - 1].set(k + 1)
   labels = jnp.concatenate([jnp.full((batch_size, delay + n), k), symbols], axis=1)
   return jax.nn.one_hot(inp, k + 2), labels.astype(jnp.int32)
+
+
+def make_cell(name, hidden, delay, num_copy):
+  """The cell ``name`` (``_common.make_cell``), and ``"indrnn-clip"``: the IndRNN with
+  Li et al.'s constraint on the recurrent weights, ``|u| <= 2^(1/L)`` over the
+  ``L = T + 2n`` steps of a sequence (applied in the step: ``recurrent_clip``), so
+  that no unit's ``|u|^L`` exceeds 2."""
+  if name == "indrnn-clip":
+    return rj.IndRNN(hidden, recurrent_clip=2.0 ** (1.0 / (delay + 2 * num_copy)))
+  return _common.make_cell(name, hidden)
 
 
 def loss_fn(model, params, batch):
@@ -219,7 +229,7 @@ def main(argv=None) -> dict:
   runs = {}
   for T in lengths:
     for name in cells:
-      model = rj.SequenceModel([_common.make_cell(name, hidden[name])],
+      model = rj.SequenceModel([make_cell(name, hidden[name], T, n)],
                                rj.Dense(NUM_SYMBOLS + 1), return_sequences=True)
       runs[f"{name}@{T}"] = _common.Members(
           model, NUM_SYMBOLS + 2, loss_fn,

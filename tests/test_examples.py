@@ -304,6 +304,19 @@ def test_copy_sample_matches_library_layout():
   ref_x[:, :3], ref_y[:, -3:] = symbols, symbols
   np.testing.assert_array_equal(x.argmax(-1), ref_x)
   np.testing.assert_array_equal(y, ref_y)
+
+
+def test_copy_indrnn_clip_bounds_the_recurrent_gain():
+  # Li et al.'s constraint over the L = T + 2n steps of a copy sequence: |u|^L <= 2,
+  # applied in the step, so a unit with u beyond the bound multiplies by the bound.
+  import jax.numpy as jnp
+  ct = load("copy_task")
+  cell = ct.make_cell("indrnn-clip", 4, 100, 10)
+  assert cell.recurrent_clip ** 120 == pytest.approx(2.0)
+  assert ct.make_cell("indrnn", 4, 100, 10).recurrent_clip is None
+  params = {"w_i": jnp.zeros((1, 4)), "u": jnp.array([0.5, 1.5, -3.0, 1.0]), "b": jnp.zeros(4)}
+  h, _ = cell(params, jnp.ones((1, 4)), jnp.zeros((1, 1)))
+  np.testing.assert_allclose(h[0], [0.5, 2 ** (1 / 120), 0.0, 1.0], rtol=1e-6)
   assert math.isclose(ct.baseline(100), 10 * math.log(8) / 120)
 
 
