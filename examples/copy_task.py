@@ -20,7 +20,9 @@ baseline is a strong local optimum that gated and simple RNNs find first.
 
 Our setting (``--paper``): T = 100, 200, 500; LSTM 40, tanh RNN 80, IRNN 80,
 a GRU 48 (about the LSTM's parameter count), and three cells the papers did
-not have: IndRNN 128 (Li et al. 2018's width), minGRU 128 (Feng et al. 2024;
+not have: IndRNN 128 (Li et al. 2018's width; ``indrnn`` with unconstrained
+``u``, ``indrnn-clip`` with their ``|u| <= 2^(1/L)`` over the L = T + 20 steps),
+minGRU 128 (Feng et al. 2024;
 its gates read only the input, 22 x 128 weights) and LRU 56 (Orvieto et al.
 2023; 8,120 weights, the LSTM's 8,160), each one layer with a linear
 read-out; RMSProp 1e-3 (decay 0.9) with

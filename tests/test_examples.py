@@ -334,3 +334,25 @@ def test_gradient_flossing(tmp_path):
     assert s[f"tanh/20/{c}"] >= s["tanh/20/none"], s
   assert acc["tanh/20/during"] > 0.9, acc
   assert os.path.exists(tmp_path / "gradient_flossing.png")
+
+
+def test_irnn_plateau_probe_against_numpy():
+  # Step 0: W_h = I (spectral radius exactly 1) and the ReLU-off fraction equals a NumPy
+  # forward pass of the same initial parameters; after 10 Adam updates W_h has moved.
+  import jax
+  import rnnjax as rj
+  ip, ap = load("irnn_plateau"), load("adding_problem")
+  out = ip.main(["--quick", "--no-plot"])
+  first, later = out[20]
+  assert first["step"] == 0 and later["step"] == 10
+  assert first["rho"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
+  assert all(abs(r - 1.0) > 1e-4 for r in later["rho"])
+  model = rj.SequenceModel([rj.IRNN(16)], rj.Dense(1))
+  p = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), 2)["layers"][0])
+  x = np.asarray(ap.sample(jax.random.key(123), 256, 20)[0], np.float64)
+  h, off = np.zeros((256, 16)), []
+  for t in range(20):
+    h = np.maximum(x[:, t] @ p["w_i"] + h @ p["w_h"] + p["b"], 0.0)
+    off.append(h == 0)
+  assert first["relu_off"][0] == pytest.approx(np.mean(off), abs=1e-6)
+  assert 0.0 <= min(later["relu_off"]) and max(later["relu_off"]) <= 1.0
