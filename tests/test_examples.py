@@ -144,7 +144,7 @@ def test_sunspots(tmp_path):
 
 @pytest.mark.parametrize("name", ["binary_addition", "adding_problem", "vanishing_gradients",
                                   "exploding_gradients", "copy_task", "keras_style_classifier",
-                                  "digits_rows", "sunspots", "pixel_digits"])
+                                  "digits_rows", "sunspots", "pixel_digits", "irnn_plateau"])
 def test_help(name, capsys):
   ex = load(name)
   with pytest.raises(SystemExit) as e:
