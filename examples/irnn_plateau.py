@@ -63,6 +63,11 @@ def main(argv=None) -> dict:
   checkpoints = sorted(args.steps or ([0, 10] if args.quick else [0, 10, 100, 2000]))
   if checkpoints[0] < 0:
     raise ValueError(f"--steps: expected numbers of updates >= 0, got {checkpoints}")
+  if min(lengths) < 2:
+    raise ValueError(f"--lengths: expected sequence lengths >= 2 (a marker in each half), "
+                     f"got {lengths}")
+  if args.seeds < 1:
+    raise ValueError(f"--seeds: expected at least 1, got {args.seeds}")
   hidden = args.hidden or (16 if args.quick else 100)
   seeds = [args.seed + k for k in range(args.seeds)]
   out = {}

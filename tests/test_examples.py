@@ -356,3 +356,7 @@ def test_irnn_plateau_probe_against_numpy():
     off.append(h == 0)
   assert first["relu_off"][0] == pytest.approx(np.mean(off), abs=1e-6)
   assert 0.0 <= min(later["relu_off"]) and max(later["relu_off"]) <= 1.0
+  for bad, name in ((["--lengths", "1"], "--lengths"), (["--steps", "-10"], "--steps"),
+                    (["--seeds", "0"], "--seeds")):
+    with pytest.raises(ValueError, match=name):
+      ip.main(["--quick", *bad])
