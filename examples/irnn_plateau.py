@@ -46,7 +46,7 @@ def relu_off_and_mse(test):
   """``fn(model, params)`` for ``Members.evaluate``: the IRNN's ReLU-off fraction and MSE."""
   def fn(model, params):
     off = diagnostics.saturation(model.layers[0], params["layers"][0], test[0])["h"].fraction
-    return {"relu_off": off, "test_mse": jnp.mean((model.apply(params, test[0]) - test[1]) ** 2)}
+    return {"relu_off": off, "test_mse": adding_problem.loss_fn(model, params, test)}
   return fn
 
 
