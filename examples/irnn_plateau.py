@@ -35,7 +35,6 @@ import sys
 import _common
 import adding_problem
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import rnnjax as rj
