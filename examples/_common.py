@@ -314,18 +314,29 @@ def final_window(steps, final=500):
   return max(1, min(final, steps // 4))
 
 
+NOT_RUN = "not run"   # a table cell for a (cell, T) of the grid with no saved run
+
+
 def plot_runs(ax, curves, labels, window):
   """Per run: the median over seeds of ``window``-step mean losses, with the min-max band.
 
   ``curves``: ``{key: [S, steps]}``; ``labels``: ``{key: legend label}`` (the
-  order of ``labels`` is the drawing order).
+  order of ``labels`` is the drawing order, and the ``i``-th label always gets
+  colour ``Ci``, so one cell keeps its colour across panels). Keys missing from
+  ``curves`` (a grid merged from partial runs) are skipped. Returns the number
+  of runs drawn.
   """
   import numpy as np
-  for key, label in labels.items():
+  drawn = 0
+  for i, (key, label) in enumerate(labels.items()):
+    if key not in curves:
+      continue
     w = window_means(curves[key], window)
     x = (np.arange(w.shape[1]) + 1) * window
-    line, = ax.plot(x, np.median(w, axis=0), label=label)
-    ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.plot(x, np.median(w, axis=0), label=label, color=f"C{i}")
+    ax.fill_between(x, w.min(axis=0), w.max(axis=0), color=f"C{i}", alpha=0.2)
+    drawn += 1
+  return drawn
 
 
 def plot_window(steps, window=100):

@@ -125,7 +125,9 @@ def report(curves, seconds, meta, args):
         f"solved < {SOLVED:.4f}; {steps} steps (@N: the run stopped at step N, every seed "
         f"below {meta.get('stop_solved')}):")
   def final(key):
-    v = summary[key]
+    v = summary.get(key)
+    if v is None:
+      return _common.NOT_RUN
     return _common.spread(v["final_mse"]) + _common.stop_tag(
         v["steps"], steps, v["final_mse"], meta.get("stop_solved"))
   rows = [[LABELS[n]] + [final(f"{n}@{T}") for T in lengths] for n in cells]
@@ -133,6 +135,7 @@ def report(curves, seconds, meta, args):
   print(f"\nFirst step whose {WINDOW}-step mean MSE < 1/60 (median over the seeds "
         "that crossed; crossed/seeds; range):")
   rows = [[LABELS[n]] + [_common.crossing_summary(summary[f"{n}@{T}"]["crossing"])
+                         if f"{n}@{T}" in summary else _common.NOT_RUN
                          for T in lengths] for n in cells]
   print(_common.table(rows, ["cell"] + [f"T={T}" for T in lengths]))
   print("\nTraining time per cell and T (all seeds together): "
@@ -143,13 +146,14 @@ def report(curves, seconds, meta, args):
     pw = _common.plot_window(steps, WINDOW)
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.4 * len(lengths), 3.6),
                              squeeze=False, sharey=True)
+    drawn = []
     for ax, T in zip(axes[0], lengths):
-      _common.plot_runs(ax, curves, {f"{n}@{T}": LABELS[n] for n in cells}, pw)
+      drawn.append(_common.plot_runs(ax, curves, {f"{n}@{T}": LABELS[n] for n in cells}, pw))
       ax.axhline(BASELINE, color="k", ls="--", lw=1, label="baseline 1/6")
       ax.axhline(SOLVED, color="k", ls=":", lw=1, label="1/60")
       ax.set(title=f"T = {T}", xlabel="step", yscale="log", ylim=(1e-4, 2.0))
     axes[0][0].set_ylabel(f"MSE ({pw}-step means; median, min-max over seeds)")
-    axes[0][0].legend(fontsize=8)
+    axes[0][drawn.index(max(drawn))].legend(fontsize=8)   # the panel with every cell
     _common.savefig(fig, args, "adding_problem.png")
   return summary
 

@@ -129,6 +129,8 @@ def report(curves, seconds, meta, args):
   summary = {}
   for name in cells:
     for T in lengths:
+      if f"{name}@{T}" not in curves:
+        continue
       c, base = curves[f"{name}@{T}"], baseline(T, n)
       final = c[:, -_common.final_window(c.shape[1], FINAL):].mean(axis=1)
       summary[f"{name}@{T}"] = {
@@ -146,7 +148,10 @@ def report(curves, seconds, meta, args):
   for name in cells:
     row = [LABELS[name]]
     for T in lengths:
-      s = summary[f"{name}@{T}"]
+      s = summary.get(f"{name}@{T}")
+      if s is None:
+        row.append(_common.NOT_RUN)
+        continue
       acc = s["copy_accuracy"]
       row.append(_common.spread(s["ratio"], "{:.3f}")
                  + (f", {100 * np.median(acc):.1f}%" if acc is not None else "")
@@ -156,6 +161,7 @@ def report(curves, seconds, meta, args):
                                         for T in lengths]))
   print(f"\nFirst step whose {WINDOW}-step mean CE < {THRESHOLD} x baseline:")
   rows = [[LABELS[c]] + [_common.crossing_summary(summary[f"{c}@{T}"]["crossing"])
+                         if f"{c}@{T}" in summary else _common.NOT_RUN
                          for T in lengths] for c in cells]
   print(_common.table(rows, ["cell"] + [f"T={T}" for T in lengths]))
   print("\nTraining time per cell and T (all seeds together): "
@@ -166,14 +172,15 @@ def report(curves, seconds, meta, args):
     pw = _common.plot_window(steps, WINDOW)
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.4 * len(lengths), 3.6),
                              squeeze=False)
+    drawn = []
     for ax, T in zip(axes[0], lengths):
-      _common.plot_runs(ax, curves, {f"{n}@{T}": LABELS[n] for n in cells}, pw)
+      drawn.append(_common.plot_runs(ax, curves, {f"{c}@{T}": LABELS[c] for c in cells}, pw))
       ax.axhline(baseline(T, n), color="k", ls="--", lw=1, label=f"{n} ln 8 / (T + {2 * n})")
       ax.set(title=f"T = {T}", xlabel="step", yscale="log")
       ax.set_ylim(top=10 * baseline(T, n))   # diverged runs would hide the rest
     axes[0][0].set_ylabel(f"cross-entropy ({pw}-step means; median, min-max;\n"
                           "axis cut at 10x baseline)")
-    axes[0][0].legend(fontsize=8)
+    axes[0][drawn.index(max(drawn))].legend(fontsize=8)   # the panel with every cell
     _common.savefig(fig, args, "copy_task.png")
   return summary
 

@@ -276,6 +276,46 @@ def test_results_of_two_runs_merge(tmp_path):
   assert merged["wall_seconds"] == 7.0 and merged["hidden"] == {"lstm": 40}
 
 
+def test_partial_grid_reports_not_run(tmp_path, capsys):
+  # A grid merged from runs that cover different cells (GRU alone at T = 400):
+  # the missing (cell, T) show "not run", the figure still draws, and a cell keeps
+  # its colour in every panel.
+  import matplotlib
+  matplotlib.use("Agg")
+  common, ap, ct = load("_common"), load("adding_problem"), load("copy_task")
+
+  class Run:
+    def __init__(self, level, steps=400):
+      self.curve, self.seconds = np.full((3, steps), level), 2.0
+
+  meta = {"cells": ["irnn", "gru"], "seeds": [0, 1, 2], "hidden": 100, "lr": 1e-3}
+  a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+  common.save_curves(a, {"irnn@150": Run(0.17), "gru@150": Run(0.001)},
+                     {**meta, "lengths": [150]})
+  common.save_curves(b, {"gru@400": Run(0.002)}, {**meta, "cells": ["gru"], "lengths": [400]})
+  capsys.readouterr()
+  r = ap.main(["--from-results", a, b, "--out", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert sorted(r["summary"]) == ["gru@150", "gru@400", "irnn@150"]
+  irnn_rows = [line for line in out.splitlines() if line.lstrip("| ").startswith("IRNN")]
+  assert len(irnn_rows) == 2 and all(line.count(common.NOT_RUN) == 1 for line in irnn_rows)
+  assert (tmp_path / "adding_problem.png").stat().st_size > 0
+
+  fig, (p0, p1) = matplotlib.pyplot.subplots(1, 2)
+  labels = {"irnn@{}": "IRNN", "gru@{}": "GRU"}
+  curves = {"irnn@150": Run(0.1).curve, "gru@150": Run(0.1).curve, "gru@400": Run(0.1).curve}
+  assert common.plot_runs(p0, curves, {k.format(150): v for k, v in labels.items()}, 10) == 2
+  assert common.plot_runs(p1, curves, {k.format(400): v for k, v in labels.items()}, 10) == 1
+  assert p0.lines[1].get_color() == p1.lines[0].get_color() == "C1"
+
+  cmeta = {"cells": ["lstm", "gru"], "seeds": [0], "num_copy": 10, "hidden": {"lstm": 8, "gru": 8}}
+  c = str(tmp_path / "c.npz")
+  common.save_curves(c, {"gru@100": Run(0.5, 40)}, {**cmeta, "lengths": [100]})
+  r = ct.main(["--from-results", c, "--no-plot", "--out", str(tmp_path)])
+  assert sorted(r["summary"]) == ["gru@100"]
+  assert capsys.readouterr().out.count(common.NOT_RUN) == 2   # LSTM: final CE and crossing
+
+
 def test_adding_sample_law():
   import jax
   ap = load("adding_problem")
